@@ -1,0 +1,46 @@
+# tagger: `make demo` and `make test` work on a fresh clone (they create .venv and install first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TAGGER := $(VENV)/bin/tagger
+STAMP := $(VENV)/.installed-stamp
+DEMO_CONFIGS := configs/topic/tfidf_logreg.yaml configs/topic/tfidf_svm.yaml \
+                configs/stance/tfidf_logreg.yaml configs/stance/tfidf_svm.yaml
+UI_PORT ?= 5000
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: install demo test lint bench ui clean-store
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# PyTorch first, pinned through the constraints file (a loose pin pulls a multi-GB CUDA build)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@for config in $(DEMO_CONFIGS); do echo "== tagger train $$config"; $(TAGGER) train $$config || exit 1; done
+	@echo; $(TAGGER) runs --task topic --metric seeds/f1_macro --limit 8
+	@$(TAGGER) runs --task stance --metric seeds/f1_macro --limit 8
+	@echo "Open the MLflow UI with: make ui   (then http://127.0.0.1:$(UI_PORT))"
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check train tests
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check train tests
+	$(VENV)/bin/ruff format --check train tests
+
+bench: $(STAMP)
+	$(PY) -m train.bench --output bench/results.json
+
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(UI_PORT)
+
+clean-store:
+	rm -rf mlflow.db mlartifacts

@@ -1,0 +1,205 @@
+"""The ``tagger`` command line. User errors print one line and exit with status 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from train.errors import TaggerError
+
+log = logging.getLogger("tagger")
+LABEL_COLUMNS = {"multilabel": "topics", "multiclass": "stance"}
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("mlflow", "alembic", "datasets", "urllib3", "git"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show debug logging.")
+def cli(verbose: bool) -> None:
+    """Train, evaluate and compare news-sentence taggers (topic and stance), tracked in MLflow."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+    _quiet_libraries()
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set model.params.C=2.0 (repeatable).")
+def train(config_path: str, overrides: tuple[str, ...]) -> None:
+    """Train and evaluate the experiment in CONFIG; log it as an MLflow run."""
+    from train.config import load_config
+    from train.pipeline import train as run_training
+
+    config = load_config(config_path, list(overrides))
+    run_id = run_training(config, config_path)
+    click.echo(run_id)
+
+
+def _read_inputs(source: str, target: str | None) -> list[dict]:
+    """JSON Lines objects with ``text`` (and ``target``), or plain lines of text."""
+    if source == "-":
+        raw = sys.stdin.buffer.read()
+        name = "<stdin>"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise TaggerError(f"{source}: file not found")
+        raw = path.read_bytes()
+        name = source
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TaggerError(f"{name} line {line}: not valid UTF-8") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TaggerError(f"{name} line {number}: invalid JSON: {exc.msg}") from None
+            if not isinstance(row.get("text"), str) or not row["text"].strip():
+                raise TaggerError(f"{name} line {number}: missing or empty 'text'")
+        else:
+            row = {"text": line.strip()}
+        if target and not row.get("target"):
+            row["target"] = target
+        rows.append(row)
+    if not rows:
+        raise TaggerError(f"{name}: no input sentences")
+    return rows
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--input", "source", required=True, help="JSON Lines file (or '-' for stdin) of sentences.")
+@click.option("--target", default=None, help='Target for stance models, e.g. "closer Iran–Iraq ties".')
+def predict(model: str, source: str, target: str | None) -> None:
+    """Tag sentences with MODEL (run id, models:/ or runs:/ URI, or model folder); JSON Lines out."""
+    import pandas as pd
+
+    from train.pyfunc import load_classifier, predict_frame
+
+    rows = _read_inputs(source, target)
+    classifier = load_classifier(model)
+    frame = pd.DataFrame(rows)
+    if not classifier.multilabel and ("target" not in frame or frame["target"].isna().any()):
+        raise TaggerError("a stance model needs a target: give --target or a 'target' field on every line")
+    out = predict_frame(classifier, frame)
+    for row, (_, pred) in zip(rows, out.iterrows(), strict=True):
+        scores = {label: round(float(pred[f"score_{label}"]), 4) for label in classifier.labels}
+        key = "labels" if classifier.multilabel else "label"
+        click.echo(json.dumps({**row, key: pred[key], "scores": scores}, ensure_ascii=False))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+              help="Labelled file (JSONL/CSV/Parquet) in the project's schema.")
+@click.option("--labels-column", default=None, help="Column with gold labels (default: topics or stance).")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write metrics JSON here.")
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+              help="Also write predictions, misclassified rows and confusion plots here.")
+def evaluate(model: str, data_path: str, labels_column: str | None, output: str | None,
+             report_dir: str | None) -> None:
+    """Evaluate MODEL on a labelled file and print its metrics."""
+    from train.config import Columns
+    from train.data import load_labelled
+    from train.evaluation import evaluate as run_eval
+    from train.pyfunc import load_classifier
+
+    classifier = load_classifier(model)
+    columns = Columns(labels=labels_column or LABEL_COLUMNS[classifier.task_type],
+                      target=None if classifier.multilabel else "target")
+    data = load_labelled(Path(data_path), task_type=classifier.task_type, labels=classifier.labels,
+                         columns=columns)
+    result = run_eval(classifier, data, Path(data_path).stem)
+    for warning in result.warnings:
+        log.warning(warning)
+    report = {"model": model, "data": data_path, "n": len(data), "metrics": result.metrics}
+    text = json.dumps(report, indent=2)
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
+    if report_dir:
+        result.write(Path(report_dir))
+    click.echo(text)
+
+
+@cli.command()
+@click.option("--task", required=True, help="Task name, e.g. topic or stance.")
+@click.option("--metric", default="seeds/f1_macro", show_default=True, help="Metric to sort by.")
+@click.option("--experiment", default=None, help="Experiment name (default: tagger-<task>).")
+@click.option("--limit", default=20, show_default=True, help="How many runs to show.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines instead of a table.")
+def runs(task: str, metric: str, experiment: str | None, limit: int, as_json: bool) -> None:
+    """List a task's finished runs as a table, best first by METRIC."""
+    from train.runs import list_runs, render_table
+
+    table = list_runs(task, metric, experiment, limit)
+    if as_json:
+        for row in table.to_dict(orient="records"):
+            click.echo(json.dumps(row))
+    else:
+        render_table(table, metric)
+
+
+@cli.command("split-seeds")
+@click.option("--seeds", "seeds_dir", default="seeds", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of article .txt files.")
+@click.option("--output", default="-", show_default=True, help="Where to write sentences (JSONL); '-' = stdout.")
+def split_seeds(seeds_dir: str, output: str) -> None:
+    """Split the seed articles into sentences (id, doc_id, index, offsets, text)."""
+    from train.sentences import split_files
+
+    paths = sorted(Path(seeds_dir).glob("*.txt"))
+    if not paths:
+        raise TaggerError(f"{seeds_dir}: no .txt articles found")
+    lines = []
+    for sentences, dropped in split_files(paths):
+        for d in dropped:
+            log.info("dropped boilerplate: %s line %d: %r", d.doc_id, d.line, d.text)
+        lines.extend(json.dumps(s.to_dict(), ensure_ascii=False) for s in sentences)
+    text = "\n".join(lines) + "\n"
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+        log.info("wrote %d sentences from %d articles to %s", len(lines), len(paths), output)
+
+
+def main() -> None:
+    """Entry point: run the CLI; a TaggerError is one line on stderr and exit status 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except TaggerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

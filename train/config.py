@@ -1,0 +1,292 @@
+"""Experiment configs: YAML files validated with pydantic before anything runs.
+
+A config *is* the experiment (as in spaCy): task, labels, data, split, model family and its
+parameters, evaluation sets and tracking. ``extends:`` inherits from another file (deep merge);
+``--set a.b=value`` overrides single values; the resolved config is saved with every run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from train.errors import TaggerError
+
+TOPIC_LABELS = ["security", "energy", "trade", "diplomacy"]
+STANCE_LABELS = ["favor", "against", "neutral"]
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Columns(_Strict):
+    """Which dataset columns hold what. ``labels`` may name one column or several binary columns."""
+
+    id: str | None = "id"
+    text: str = "text"
+    labels: str | list[str] = "labels"
+    target: str | None = None
+    group: str | None = None
+
+
+class DataConfig(_Strict):
+    train: Path
+    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
+    columns: Columns = Field(default_factory=Columns)
+    label_map: dict[str, str] = Field(default_factory=dict)
+    label_separator: str | None = None
+    default_target: str | None = None
+    allow_leakage: bool = False
+    leakage_threshold: float = Field(0.8, gt=0, le=1)
+
+
+class SplitConfig(_Strict):
+    dev_fraction: float = Field(0.2, gt=0, lt=1)
+    stratify: bool = True
+    group_by_column: bool = True
+    seed: int = 13
+
+
+class ModelConfig(_Strict):
+    family: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvalSet(_Strict):
+    name: str
+    path: Path
+    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
+    columns: Columns | None = None
+    label_map: dict[str, str] | None = None
+    label_separator: str | None = None
+    default_target: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_metric_safe(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_" for c in value):
+            raise ValueError("use letters, digits, '-' or '_' (it prefixes metric names)")
+        return value
+
+
+class EvaluationConfig(_Strict):
+    sets: list[EvalSet] = Field(default_factory=list)
+    bootstrap_samples: int = Field(1000, ge=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
+class TrackingConfig(_Strict):
+    experiment: str | None = None
+    uri: str | None = None
+    run_name: str | None = None
+    log_model: bool = True
+
+
+class TaskConfig(_Strict):
+    name: str
+    type: Literal["multilabel", "multiclass"]
+    labels: list[str]
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, value: list[str]) -> list[str]:
+        if len(value) < 2:
+            raise ValueError("a task needs at least two labels")
+        if len(set(value)) != len(value):
+            raise ValueError(f"labels must be unique, got {value}")
+        return value
+
+
+class Config(_Strict):
+    extends: str | None = None
+    task: TaskConfig
+    data: DataConfig
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    seed: int = 13
+
+    @model_validator(mode="after")
+    def _check_model_family(self) -> Config:
+        from train.registry import model_params_schema
+
+        schema = model_params_schema(self.model.family)
+        self.model.params = _validate_section(schema, self.model.params, ("model", "params")).model_dump()
+        return self
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or f"tagger-{self.task.name}"
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise TaggerError(f"{path}: config file not found") from exc
+    except UnicodeDecodeError as exc:
+        raise TaggerError(f"{path}: not valid UTF-8") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise TaggerError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        raise TaggerError(f"{path}: config file is empty")
+    if not isinstance(data, dict):
+        raise TaggerError(f"{path}: a config must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML config and resolve its ``extends:`` chain (paths relative to the file)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise TaggerError(f"{path}: circular 'extends' chain")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise TaggerError(f"{path}: 'extends' must be a path string")
+    base = load_raw((path.parent / parent), (*_seen, path))
+    return _deep_merge(base, data)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (numbers, lists, booleans)."""
+    raw = dict(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TaggerError(f"--set {item!r}: expected KEY=VALUE, e.g. model.params.C=2.0")
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {} if child is None else child
+                if not isinstance(child, dict):
+                    raise TaggerError(f"--set {item!r}: '{part}' is not a section")
+            node[part] = dict(child)
+            node = node[part]
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise TaggerError(f"--set {item!r}: cannot parse value: {exc}") from exc
+    return raw
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The valid field names of the pydantic model found by walking ``loc``."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            break
+        annotation = fields[part].annotation
+        current = _first_model(annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}).keys())
+
+
+def _first_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: tuple = ()) -> str:
+    """One readable line per problem, naming the key path and suggesting the closest valid key."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        path = ".".join(str(p) for p in (*prefix, *loc))
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+            lines.append(f"unknown key '{path}'{suggestion} (valid keys: {', '.join(valid)})")
+        elif err["type"] == "missing":
+            lines.append(f"missing required key '{path}'")
+        else:
+            got = err.get("input")
+            lines.append(f"'{path}': {err['msg']} (got {got!r})")
+    return "; ".join(lines)
+
+
+def _validate_section(model: type[BaseModel], data: dict, prefix: tuple) -> BaseModel:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(format_validation_error(exc, model, prefix)) from None
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    """Make data paths absolute: relative paths are taken from the project root, else ``base``."""
+
+    def fix(p: Path) -> Path:
+        if p.is_absolute():
+            return p
+        for root in (Path.cwd(), base, PROJECT_ROOT):
+            if (root / p).exists():
+                return (root / p).resolve()
+        return (Path.cwd() / p).resolve()
+
+    config.data.train = fix(config.data.train)
+    for s in config.evaluation.sets:
+        s.path = fix(s.path)
+    return config
+
+
+def validate(raw: dict, source: str = "config") -> Config:
+    """Validate a raw config mapping; every problem is reported at once with its key path."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        messages = []
+        for err in exc.errors():
+            if err["type"] == "value_error" and err["loc"] == ():
+                messages.append(str(err["ctx"]["error"]) if "ctx" in err else err["msg"])
+        if messages:
+            raise TaggerError(f"{source}: " + "; ".join(messages)) from None
+        raise TaggerError(f"{source}: {format_validation_error(exc, Config)}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, merge, override and validate a config file."""
+    path = Path(path)
+    raw = apply_overrides(load_raw(path), overrides or [])
+    config = validate(raw, source=str(path))
+    return resolve_paths(config, path.resolve().parent)
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML, as saved with each run."""
+    data = config.model_dump(mode="json", exclude={"extends"})
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

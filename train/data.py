@@ -1,0 +1,252 @@
+"""Load labelled sentence datasets (JSONL / CSV / Parquet through 🤗 ``datasets``) and check them.
+
+Every problem is reported with the file, line (or row), id, column or label at fault, before any
+training starts. Columns are mapped by config, so other datasets (with other names or label
+spellings) train through a config alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from train.errors import TaggerError
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class LabelledData:
+    """A checked dataset in the standard columns: id, text, target, labels, group, line."""
+
+    path: Path
+    frame: pd.DataFrame
+    sha256: str
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def texts(self) -> list[str]:
+        return self.frame["text"].tolist()
+
+    @property
+    def labels(self) -> list:
+        return self.frame["labels"].tolist()
+
+    @property
+    def inputs(self) -> pd.DataFrame:
+        """What a model sees: text and (possibly empty) target."""
+        return self.frame[["text", "target"]].reset_index(drop=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def detect_format(path: Path, fmt: str = "auto") -> str:
+    if fmt != "auto":
+        return "jsonl" if fmt == "json" else fmt
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise TaggerError(
+            f"{path}: cannot tell the format from the extension '{path.suffix}'; "
+            f"set format to one of jsonl, csv, parquet"
+        ) from None
+
+
+def _check_text_file(path: Path, fmt: str) -> list[int]:
+    """Check UTF-8 and (for JSONL) each line's JSON; return the line number of each record."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TaggerError(f"{path} line {line}: not valid UTF-8 (byte offset {exc.start})") from None
+    if not text.strip():
+        raise TaggerError(f"{path}: file is empty")
+    if fmt != "jsonl":
+        return []
+    record_lines = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TaggerError(f"{path} line {number}: invalid JSON: {exc.msg}") from None
+        if not isinstance(value, dict):
+            raise TaggerError(f"{path} line {number}: expected a JSON object, got {type(value).__name__}")
+        record_lines.append(number)
+    return record_lines
+
+
+def read_table(path: Path, fmt: str = "auto") -> tuple[pd.DataFrame, list[int]]:
+    """Read a file into a DataFrame through ``datasets``; also return each row's line number."""
+    path = Path(path)
+    if not path.exists():
+        raise TaggerError(f"{path}: file not found")
+    if path.is_dir():
+        raise TaggerError(f"{path}: is a directory, expected a data file")
+    if path.stat().st_size == 0:
+        raise TaggerError(f"{path}: file is empty")
+    fmt = detect_format(path, fmt)
+    lines = _check_text_file(path, fmt) if fmt in ("jsonl", "csv") else []
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    loaders = {"jsonl": datasets.Dataset.from_json, "csv": datasets.Dataset.from_csv,
+               "parquet": datasets.Dataset.from_parquet}
+    try:
+        frame = loaders[fmt](str(path), keep_in_memory=True).to_pandas()
+    except Exception as exc:  # the loaders raise many types; report them as a data error
+        raise TaggerError(f"{path}: cannot read as {fmt}: {exc}") from None
+    if frame.empty:
+        raise TaggerError(f"{path}: file has no records")
+    if fmt == "csv":
+        lines = list(range(2, len(frame) + 2))
+    elif len(lines) != len(frame):
+        lines = list(range(1, len(frame) + 1))
+    return frame, lines
+
+
+def _label_list(value, separator: str | None) -> list:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return []
+    if isinstance(value, str):
+        if separator is None:
+            return [value] if value.strip() else []
+        return [v.strip() for v in value.split(separator) if v.strip()]
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value]
+
+
+def load_labelled(
+    path: Path,
+    *,
+    task_type: str,
+    labels: Sequence[str],
+    columns,
+    fmt: str = "auto",
+    label_map: dict[str, str] | None = None,
+    label_separator: str | None = None,
+    default_target: str | None = None,
+    require_labels: bool = True,
+) -> LabelledData:
+    """Read and check a labelled file; map its columns and labels onto the task's schema."""
+    path = Path(path)
+    frame, lines = read_table(path, fmt)
+    label_map = {str(k): v for k, v in (label_map or {}).items()}
+    schema = set(labels)
+
+    label_columns = [columns.labels] if isinstance(columns.labels, str) else list(columns.labels)
+    needed = {"text": columns.text}
+    if columns.id:
+        needed["id"] = columns.id
+    if columns.target and default_target is None:
+        needed["target"] = columns.target
+    if require_labels:
+        needed.update({f"labels[{i}]": c for i, c in enumerate(label_columns)})
+    for role, column in needed.items():
+        if column not in frame.columns:
+            key = "labels" if role.startswith("labels") else role
+            raise TaggerError(
+                f"{path}: missing column '{column}' (columns: {', '.join(map(str, frame.columns))}); "
+                f"map it with columns.{key}"
+            )
+
+    def where(i: int, record_id=None) -> str:
+        unit = "line" if path.suffix.lower() != ".parquet" else "row"
+        ident = f" (id {record_id})" if record_id is not None else ""
+        return f"{path} {unit} {lines[i]}{ident}"
+
+    def to_schema(raw, i, record_id) -> str:
+        mapped = label_map.get(str(raw), raw)
+        if mapped not in schema:
+            raise TaggerError(
+                f"{where(i, record_id)}: label '{raw}' is not in the schema ({', '.join(labels)})"
+                + ("" if label_map else "; map dataset labels with label_map")
+            )
+        return mapped
+
+    ids = frame[columns.id].astype(str).tolist() if columns.id else [str(n) for n in lines]
+    seen: dict[str, int] = {}
+    records = []
+    for i, record_id in enumerate(ids):
+        if record_id in seen:
+            raise TaggerError(f"{where(i)}: duplicate id '{record_id}' (first at line {seen[record_id]})")
+        seen[record_id] = lines[i]
+        text = frame[columns.text].iloc[i]
+        if not isinstance(text, str) or not text.strip():
+            raise TaggerError(f"{where(i, record_id)}: empty text in column '{columns.text}'")
+        target = default_target
+        if columns.target and columns.target in frame.columns:
+            value = frame[columns.target].iloc[i]
+            if isinstance(value, str) and value.strip():
+                target = value.strip()
+        if columns.target and not target:
+            raise TaggerError(
+                f"{where(i, record_id)}: missing target in column '{columns.target}' "
+                "(a stance task needs one per sentence, or set default_target)"
+            )
+        if not require_labels:
+            value = None
+        elif isinstance(columns.labels, str):
+            raw_labels = _label_list(frame[columns.labels].iloc[i], label_separator)
+            if task_type == "multilabel":
+                value = sorted({to_schema(v, i, record_id) for v in raw_labels}, key=list(labels).index)
+            else:
+                if len(raw_labels) != 1:
+                    raise TaggerError(
+                        f"{where(i, record_id)}: expected exactly one label in '{columns.labels}', "
+                        f"got {raw_labels}"
+                    )
+                value = to_schema(raw_labels[0], i, record_id)
+        else:  # one binary column per label
+            value = [to_schema(c, i, record_id) for c in label_columns if bool(frame[c].iloc[i])]
+        group = frame[columns.group].iloc[i] if columns.group and columns.group in frame.columns else None
+        records.append(
+            {"id": record_id, "text": text, "target": target or "", "labels": value,
+             "group": None if group is None else str(group), "line": lines[i]}
+        )
+    return LabelledData(path=path, frame=pd.DataFrame.from_records(records), sha256=file_sha256(path))
+
+
+def load_for(config, eval_set=None, require_labels: bool = True) -> LabelledData:
+    """Load the training file of ``config``, or one of its evaluation sets."""
+    source = eval_set or config.data
+    columns = (eval_set.columns if eval_set and eval_set.columns else None) or config.data.columns
+
+    def pick(name):
+        value = getattr(eval_set, name, None) if eval_set else None
+        return value if value is not None else getattr(config.data, name)
+
+    return load_labelled(
+        source.path if eval_set else config.data.train,
+        task_type=config.task.type,
+        labels=config.task.labels,
+        columns=columns,
+        fmt=source.format,
+        label_map=pick("label_map"),
+        label_separator=pick("label_separator"),
+        default_target=pick("default_target"),
+        require_labels=require_labels,
+    )

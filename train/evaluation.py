@@ -1,0 +1,112 @@
+"""Evaluate a classifier on a labelled set: metrics, confidence intervals, tables and plots."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from train.data import LabelledData
+from train.metrics import bootstrap_ci, multiclass_metrics, multilabel_metrics
+from train.models.base import TextClassifier
+
+
+@dataclass
+class EvalResult:
+    """Metrics and per-sentence predictions of one model on one labelled set."""
+
+    name: str
+    metrics: dict[str, float]
+    predictions: pd.DataFrame
+    gold: np.ndarray
+    pred: np.ndarray
+    labels: list[str]
+    multilabel: bool
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def misclassified(self) -> pd.DataFrame:
+        return self.predictions[~self.predictions["correct"]]
+
+    def write(self, folder: Path) -> list[Path]:
+        """Write report JSON, predictions, misclassified rows and confusion-matrix PNG(s)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [folder / f"{self.name}_metrics.json", folder / f"{self.name}_predictions.csv",
+                 folder / f"{self.name}_misclassified.csv", folder / f"{self.name}_confusion.png"]
+        report = {"set": self.name, "n": len(self.predictions), "metrics": self.metrics, "warnings": self.warnings}
+        paths[0].write_text(json.dumps(report, indent=2), encoding="utf-8")
+        self.predictions.to_csv(paths[1], index=False)
+        self.misclassified.to_csv(paths[2], index=False)
+        plot_confusion(self, paths[3])
+        return paths
+
+
+def evaluate(
+    model: TextClassifier,
+    data: LabelledData,
+    name: str,
+    *,
+    bootstrap_samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 13,
+    train_labels: set[str] | None = None,
+) -> EvalResult:
+    """Score ``data`` with ``model`` and compute the task's metrics."""
+    proba = model.predict_proba(data.inputs)
+    predicted = model.decide(proba)
+    labels = model.labels
+    gold = model.encode(data.labels)
+    pred = model.encode(predicted)
+    if model.multilabel:
+        metrics = multilabel_metrics(gold, pred, labels)
+        correct = (gold == pred).all(axis=1)
+        fmt = lambda v: ";".join(v)  # noqa: E731
+    else:
+        metrics = multiclass_metrics(gold, pred, labels)
+        correct = gold == pred
+        fmt = str
+    low, high = bootstrap_ci(gold, pred, len(labels), bootstrap_samples, confidence, seed)
+    metrics["f1_macro_ci_low"], metrics["f1_macro_ci_high"] = low, high
+    table = pd.DataFrame({
+        "id": data.frame["id"].values,
+        "text": data.frame["text"].values,
+        "target": data.frame["target"].values,
+        "gold": [fmt(v) for v in data.labels],
+        "predicted": [fmt(v) for v in predicted],
+        "correct": correct,
+    })
+    for j, label in enumerate(labels):
+        table[f"score_{label}"] = np.round(proba[:, j], 4)
+    warnings = []
+    if train_labels is not None:
+        seen_here = {lab for v in data.labels for lab in (v if model.multilabel else [v])}
+        for label in sorted(seen_here - train_labels):
+            warnings.append(f"{name}: label '{label}' occurs in this set but never in the training data")
+    return EvalResult(name, metrics, table, gold, pred, labels, model.multilabel, warnings)
+
+
+def plot_confusion(result: EvalResult, path: Path) -> None:
+    """Confusion matrix (multi-class) or one 2x2 matrix per label (multi-label) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, multilabel_confusion_matrix
+
+    if result.multilabel:
+        matrices = multilabel_confusion_matrix(result.gold, result.pred)
+        fig, axes = plt.subplots(1, len(result.labels), figsize=(3.2 * len(result.labels), 3.2))
+        for ax, label, matrix in zip(np.atleast_1d(axes), result.labels, matrices, strict=True):
+            ConfusionMatrixDisplay(matrix, display_labels=["no", "yes"]).plot(ax=ax, colorbar=False)
+            ax.set_title(label)
+    else:
+        matrix = confusion_matrix(result.gold, result.pred, labels=list(range(len(result.labels))))
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ConfusionMatrixDisplay(matrix, display_labels=result.labels).plot(ax=ax, colorbar=False)
+    fig.suptitle(f"{result.name}: confusion")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

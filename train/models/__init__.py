@@ -1,0 +1,1 @@
+"""Model families. Each module registers its families in :mod:`train.registry`."""

@@ -1,0 +1,127 @@
+"""What every model family shares: plain data in and out, label handling, per-label thresholds.
+
+``X`` is a pandas DataFrame with a ``text`` column and, for stance, a ``target`` column (a list
+of strings is accepted for text-only tasks). ``y`` is a list of label lists (multi-label) or a list
+of labels (multi-class). ``predict_proba`` returns an array with one column per label, in
+``self.labels`` order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+from sklearn.preprocessing import MultiLabelBinarizer
+
+_TARGET_PAIR = re.compile(r"^\s*closer\s+(?P<a>.+?)\s*[–—-]\s*(?P<b>.+?)\s+(ties|relations)\s*$", re.I)
+
+
+def as_frame(X: pd.DataFrame | Sequence[str]) -> pd.DataFrame:
+    """Accept a DataFrame with ``text`` (and optional ``target``) or a plain list of texts."""
+    if isinstance(X, pd.DataFrame):
+        if "text" not in X.columns:
+            raise ValueError("input needs a 'text' column")
+        return X
+    return pd.DataFrame({"text": list(X)})
+
+
+def target_actors(target: str) -> list[str]:
+    """The two actors named by a target such as "closer Iran–Iraq ties" (empty if not that form)."""
+    match = _TARGET_PAIR.match(target or "")
+    return [match["a"], match["b"]] if match else []
+
+
+def mask_actors(text: str, target: str, token: str = "PARTY") -> str:
+    """Replace mentions of the target's actors (and simple derived forms) with ``token``.
+
+    "Iran" also masks "Iranian", "Russia" masks "Russian": a stance model then learns how the
+    pair is talked about, not which pair it is, and carries over to pairs it never saw.
+    """
+    for actor in sorted(target_actors(target), key=len, reverse=True):
+        stem = actor if len(actor) <= 4 else actor[: len(actor) - 1]
+        text = re.sub(rf"\b{re.escape(stem)}\w*", token, text)
+    return text
+
+
+class TextClassifier:
+    """Base for families: subclasses implement ``_fit`` and ``_scores``.
+
+    Constructor arguments are the config: ``task_type``, ``labels``, ``seed`` and the family's
+    validated params, which ``get_params`` returns.
+    """
+
+    def __init__(self, task_type: str, labels: list[str], seed: int = 13):
+        self.task_type = task_type
+        self.labels = list(labels)
+        self.seed = seed
+        self.params: dict = {}
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"task_type": self.task_type, "labels": self.labels, "seed": self.seed, **self.params}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.task_type}, labels={self.labels})"
+
+    # --- subclass hooks -------------------------------------------------------------------
+    def _fit(self, X: pd.DataFrame, Y: np.ndarray, X_dev: pd.DataFrame | None, Y_dev: np.ndarray | None):
+        raise NotImplementedError
+
+    def _scores(self, X: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    # --- public API -----------------------------------------------------------------------
+    @property
+    def multilabel(self) -> bool:
+        return self.task_type == "multilabel"
+
+    def encode(self, y: Sequence) -> np.ndarray:
+        """Labels → indicator matrix (multi-label) or class indices (multi-class)."""
+        if self.multilabel:
+            return MultiLabelBinarizer(classes=self.labels).fit_transform(y)
+        index = {label: i for i, label in enumerate(self.labels)}
+        return np.array([index[label] for label in y])
+
+    def fit(self, X, y, X_dev=None, y_dev=None) -> TextClassifier:
+        X = as_frame(X)
+        Y = self.encode(y)
+        X_dev = as_frame(X_dev) if X_dev is not None else None
+        Y_dev = self.encode(y_dev) if y_dev is not None else None
+        self._fit(X, Y, X_dev, Y_dev)
+        self.thresholds_ = np.full(len(self.labels), 0.5)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        return np.asarray(self._scores(as_frame(X)), dtype=float)
+
+    def decide(self, proba: np.ndarray) -> list:
+        """Scores → labels: per-label thresholds (multi-label) or arg-max (multi-class)."""
+        if self.multilabel:
+            chosen = proba >= self.thresholds_
+            return [[lab for lab, keep in zip(self.labels, row, strict=True) if keep] for row in chosen]
+        return [self.labels[i] for i in proba.argmax(axis=1)]
+
+    def predict(self, X) -> list:
+        return self.decide(self.predict_proba(X))
+
+    def tune_thresholds(self, X_dev, y_dev) -> np.ndarray:
+        """Pick, per label, the score threshold that maximises F1 on the dev set."""
+        if not self.multilabel:
+            return self.thresholds_
+        proba = self.predict_proba(X_dev)
+        Y = self.encode(y_dev)
+        thresholds = []
+        for j in range(len(self.labels)):
+            candidates = np.unique(np.concatenate([[0.5], np.clip(proba[:, j], 0.05, 0.95)]))
+            if Y[:, j].sum() == 0:
+                thresholds.append(0.5)
+                continue
+            f1s = [f1_score(Y[:, j], proba[:, j] >= t, zero_division=0) for t in candidates]
+            best = max(f1s)
+            # among ties, take the threshold closest to 0.5 so the choice is stable
+            ties = [t for t, f in zip(candidates, f1s, strict=True) if f >= best - 1e-12]
+            thresholds.append(float(min(ties, key=lambda t: abs(t - 0.5))))
+        self.thresholds_ = np.array(thresholds)
+        return self.thresholds_

@@ -1,0 +1,69 @@
+"""The MLflow pyfunc wrapper that every family is logged as, and loading models by reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import joblib
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+
+from train.errors import TaggerError
+from train.models.base import TextClassifier
+
+ARTIFACT_KEY = "classifier"
+
+
+class TaggerModel(mlflow.pyfunc.PythonModel):
+    """Input: a DataFrame with ``text`` (and ``target`` for stance). Output, one row per sentence:
+    ``labels`` (multi-label: the chosen labels) or ``label`` (multi-class), and ``score_<label>``."""
+
+    def __init__(self, classifier: TextClassifier | None = None):
+        self.classifier = classifier
+
+    def load_context(self, context) -> None:
+        self.classifier = joblib.load(context.artifacts[ARTIFACT_KEY])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return predict_frame(self.classifier, model_input)
+
+
+def predict_frame(classifier: TextClassifier, inputs: pd.DataFrame) -> pd.DataFrame:
+    """Tag a DataFrame of sentences; the column layout of every tagger model's output."""
+    inputs = pd.DataFrame(inputs)
+    if "target" not in inputs.columns:
+        inputs["target"] = ""
+    proba = classifier.predict_proba(inputs)
+    decided = classifier.decide(proba)
+    out = pd.DataFrame({"labels" if classifier.multilabel else "label": decided})
+    for j, label in enumerate(classifier.labels):
+        out[f"score_{label}"] = proba[:, j]
+    return out
+
+
+def model_uri(reference: str) -> str:
+    """A run id, ``runs:/``/``models:/`` URI or local folder → an MLflow model URI."""
+    if "://" in reference or reference.startswith(("runs:/", "models:/")):
+        return reference
+    path = Path(reference)
+    if path.exists():
+        if not (path / "MLmodel").exists():
+            raise TaggerError(f"{path}: not an MLflow model folder (no MLmodel file)")
+        return str(path.resolve())
+    if len(reference) == 32 and all(c in "0123456789abcdef" for c in reference):
+        return f"runs:/{reference}/model"
+    raise TaggerError(f"model '{reference}': not a run id, models:/ or runs:/ URI, or a model folder")
+
+
+def load_classifier(reference: str) -> TextClassifier:
+    """Load the tagger classifier behind a model reference."""
+    uri = model_uri(reference)
+    try:
+        loaded = mlflow.pyfunc.load_model(uri)
+    except Exception as exc:  # MLflow raises several types for a bad reference
+        raise TaggerError(f"model '{reference}': cannot load ({type(exc).__name__}: {exc})") from None
+    wrapper = loaded.unwrap_python_model()
+    if not isinstance(getattr(wrapper, "classifier", None), TextClassifier):
+        raise TaggerError(f"model '{reference}': not a tagger model")
+    return wrapper.classifier

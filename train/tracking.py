@@ -1,0 +1,91 @@
+"""MLflow set-up: where runs go, and the provenance every run records.
+
+Embedded default: a SQLite store (``mlflow.db``) and an artifact folder (``mlartifacts/``) in the
+project folder, both git-ignored. ``tracking.uri`` in the config, else ``MLFLOW_TRACKING_URI``,
+points at a tracking server (e.g. one backed by PostgreSQL) without a code change.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+
+from train.config import PROJECT_ROOT
+
+TRACKED_LIBRARIES = ("scikit-learn", "numpy", "pandas", "mlflow", "datasets", "pydantic", "pysbd",
+                     "torch", "transformers")
+
+
+def home() -> Path:
+    """Folder holding the embedded store: $TAGGER_HOME, else the project checkout, else the cwd."""
+    if os.environ.get("TAGGER_HOME"):
+        return Path(os.environ["TAGGER_HOME"]).resolve()
+    if (PROJECT_ROOT / "pyproject.toml").exists():
+        return PROJECT_ROOT
+    return Path.cwd()
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """Config value, else MLFLOW_TRACKING_URI, else the embedded SQLite store."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def is_embedded(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def setup(configured_uri: str | None = None, experiment: str | None = None) -> str:
+    """Point MLflow at the store (and registry) and make sure ``experiment`` exists."""
+    uri = tracking_uri(configured_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if experiment:
+        client = mlflow.MlflowClient()
+        if client.get_experiment_by_name(experiment) is None:
+            location = (home() / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+            client.create_experiment(experiment, artifact_location=location)
+        mlflow.set_experiment(experiment)
+    return uri
+
+
+def git_commit() -> tuple[str, bool]:
+    """Current commit of the project checkout and whether it has uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config → ``a.b.c`` keys, as MLflow params."""
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
