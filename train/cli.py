@@ -33,15 +33,24 @@ def _quiet_libraries() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logging.")
 def cli(verbose: bool) -> None:
     """Train, evaluate and compare news-sentence taggers (topic and stance), tracked in MLflow."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     _quiet_libraries()
 
 
 @cli.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. --set model.params.C=2.0 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set model.params.C=2.0 (repeatable).",
+)
 def train(config_path: str, overrides: tuple[str, ...]) -> None:
     """Train and evaluate the experiment in CONFIG; log it as an MLflow run."""
     from train.config import load_config
@@ -113,14 +122,22 @@ def predict(model: str, source: str, target: str | None) -> None:
 
 @cli.command()
 @click.argument("model")
-@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
-              help="Labelled file (JSONL/CSV/Parquet) in the project's schema.")
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Labelled file (JSONL/CSV/Parquet) in the project's schema.",
+)
 @click.option("--labels-column", default=None, help="Column with gold labels (default: topics or stance).")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write metrics JSON here.")
-@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
-              help="Also write predictions, misclassified rows and confusion plots here.")
-def evaluate(model: str, data_path: str, labels_column: str | None, output: str | None,
-             report_dir: str | None) -> None:
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write predictions, misclassified rows and confusion plots here.",
+)
+def evaluate(model: str, data_path: str, labels_column: str | None, output: str | None, report_dir: str | None) -> None:
     """Evaluate MODEL on a labelled file and print its metrics."""
     from train.config import Columns
     from train.data import load_labelled
@@ -128,10 +145,10 @@ def evaluate(model: str, data_path: str, labels_column: str | None, output: str 
     from train.pyfunc import load_classifier
 
     classifier = load_classifier(model)
-    columns = Columns(labels=labels_column or LABEL_COLUMNS[classifier.task_type],
-                      target=None if classifier.multilabel else "target")
-    data = load_labelled(Path(data_path), task_type=classifier.task_type, labels=classifier.labels,
-                         columns=columns)
+    columns = Columns(
+        labels=labels_column or LABEL_COLUMNS[classifier.task_type], target=None if classifier.multilabel else "target"
+    )
+    data = load_labelled(Path(data_path), task_type=classifier.task_type, labels=classifier.labels, columns=columns)
     result = run_eval(classifier, data, Path(data_path).stem)
     for warning in result.warnings:
         log.warning(warning)
@@ -163,8 +180,14 @@ def runs(task: str, metric: str, experiment: str | None, limit: int, as_json: bo
 
 
 @cli.command("split-seeds")
-@click.option("--seeds", "seeds_dir", default="seeds", show_default=True, type=click.Path(file_okay=False),
-              help="Folder of article .txt files.")
+@click.option(
+    "--seeds",
+    "seeds_dir",
+    default="seeds",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder of article .txt files.",
+)
 @click.option("--output", default="-", show_default=True, help="Where to write sentences (JSONL); '-' = stdout.")
 def split_seeds(seeds_dir: str, output: str) -> None:
     """Split the seed articles into sentences (id, doc_id, index, offsets, text)."""

@@ -110,8 +110,11 @@ def read_table(path: Path, fmt: str = "auto") -> tuple[pd.DataFrame, list[int]]:
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    loaders = {"jsonl": datasets.Dataset.from_json, "csv": datasets.Dataset.from_csv,
-               "parquet": datasets.Dataset.from_parquet}
+    loaders = {
+        "jsonl": datasets.Dataset.from_json,
+        "csv": datasets.Dataset.from_csv,
+        "parquet": datasets.Dataset.from_parquet,
+    }
     try:
         frame = loaders[fmt](str(path), keep_in_memory=True).to_pandas()
     except Exception as exc:  # the loaders raise many types; report them as a data error
@@ -216,16 +219,21 @@ def load_labelled(
             else:
                 if len(raw_labels) != 1:
                     raise TaggerError(
-                        f"{where(i, record_id)}: expected exactly one label in '{columns.labels}', "
-                        f"got {raw_labels}"
+                        f"{where(i, record_id)}: expected exactly one label in '{columns.labels}', got {raw_labels}"
                     )
                 value = to_schema(raw_labels[0], i, record_id)
         else:  # one binary column per label
             value = [to_schema(c, i, record_id) for c in label_columns if bool(frame[c].iloc[i])]
         group = frame[columns.group].iloc[i] if columns.group and columns.group in frame.columns else None
         records.append(
-            {"id": record_id, "text": text, "target": target or "", "labels": value,
-             "group": None if group is None else str(group), "line": lines[i]}
+            {
+                "id": record_id,
+                "text": text,
+                "target": target or "",
+                "labels": value,
+                "group": None if group is None else str(group),
+                "line": lines[i],
+            }
         )
     return LabelledData(path=path, frame=pd.DataFrame.from_records(records), sha256=file_sha256(path))
 

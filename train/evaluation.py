@@ -34,8 +34,12 @@ class EvalResult:
     def write(self, folder: Path) -> list[Path]:
         """Write report JSON, predictions, misclassified rows and confusion-matrix PNG(s)."""
         folder.mkdir(parents=True, exist_ok=True)
-        paths = [folder / f"{self.name}_metrics.json", folder / f"{self.name}_predictions.csv",
-                 folder / f"{self.name}_misclassified.csv", folder / f"{self.name}_confusion.png"]
+        paths = [
+            folder / f"{self.name}_metrics.json",
+            folder / f"{self.name}_predictions.csv",
+            folder / f"{self.name}_misclassified.csv",
+            folder / f"{self.name}_confusion.png",
+        ]
         report = {"set": self.name, "n": len(self.predictions), "metrics": self.metrics, "warnings": self.warnings}
         paths[0].write_text(json.dumps(report, indent=2), encoding="utf-8")
         self.predictions.to_csv(paths[1], index=False)
@@ -70,14 +74,16 @@ def evaluate(
         fmt = str
     low, high = bootstrap_ci(gold, pred, len(labels), bootstrap_samples, confidence, seed)
     metrics["f1_macro_ci_low"], metrics["f1_macro_ci_high"] = low, high
-    table = pd.DataFrame({
-        "id": data.frame["id"].values,
-        "text": data.frame["text"].values,
-        "target": data.frame["target"].values,
-        "gold": [fmt(v) for v in data.labels],
-        "predicted": [fmt(v) for v in predicted],
-        "correct": correct,
-    })
+    table = pd.DataFrame(
+        {
+            "id": data.frame["id"].values,
+            "text": data.frame["text"].values,
+            "target": data.frame["target"].values,
+            "gold": [fmt(v) for v in data.labels],
+            "predicted": [fmt(v) for v in predicted],
+            "correct": correct,
+        }
+    )
     for j, label in enumerate(labels):
         table[f"score_{label}"] = np.round(proba[:, j], 4)
     warnings = []

@@ -16,8 +16,9 @@ def multilabel_metrics(Y: np.ndarray, P: np.ndarray, labels: list[str]) -> dict[
     p, r, f, s = precision_recall_fscore_support(Y, P, average=None, zero_division=0, labels=range(len(labels)))
     out = {}
     for j, label in enumerate(labels):
-        out.update({f"precision_{label}": p[j], f"recall_{label}": r[j], f"f1_{label}": f[j],
-                    f"support_{label}": float(s[j])})
+        out.update(
+            {f"precision_{label}": p[j], f"recall_{label}": r[j], f"f1_{label}": f[j], f"support_{label}": float(s[j])}
+        )
     out["f1_micro"] = f1_score(Y, P, average="micro", zero_division=0)
     out["f1_macro"] = f1_score(Y, P, average="macro", zero_division=0)
     out["subset_accuracy"] = accuracy_score(Y, P)
@@ -31,8 +32,14 @@ def multiclass_metrics(y: np.ndarray, p: np.ndarray, labels: list[str]) -> dict[
     pr, rc, f, s = precision_recall_fscore_support(y, p, labels=idx, average=None, zero_division=0)
     out = {}
     for j, label in enumerate(labels):
-        out.update({f"precision_{label}": pr[j], f"recall_{label}": rc[j], f"f1_{label}": f[j],
-                    f"support_{label}": float(s[j])})
+        out.update(
+            {
+                f"precision_{label}": pr[j],
+                f"recall_{label}": rc[j],
+                f"f1_{label}": f[j],
+                f"support_{label}": float(s[j]),
+            }
+        )
     out["f1_macro"] = f1_score(y, p, labels=idx, average="macro", zero_division=0)
     out["accuracy"] = accuracy_score(y, p)
     if "favor" in labels and "against" in labels:

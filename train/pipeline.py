@@ -72,13 +72,21 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
         eval_sets = {s.name: load_for(config, s) for s in config.evaluation.sets}
         leak_counts = check_leakage(config, data, eval_sets)
         train_idx, dev_idx = train_dev_split(
-            data.frame, config.split.dev_fraction, multilabel=config.task.type == "multilabel",
-            stratify=config.split.stratify, group_by_column=config.split.group_by_column, seed=config.split.seed,
+            data.frame,
+            config.split.dev_fraction,
+            multilabel=config.task.type == "multilabel",
+            stratify=config.split.stratify,
+            group_by_column=config.split.group_by_column,
+            seed=config.split.seed,
         )
         train_part = LabelledData(data.path, data.frame.iloc[train_idx].reset_index(drop=True), data.sha256)
         dev_part = LabelledData(data.path, data.frame.iloc[dev_idx].reset_index(drop=True), data.sha256)
-    log.info("train %d, dev %d, eval sets: %s", len(train_part), len(dev_part),
-             ", ".join(f"{k} ({len(v)})" for k, v in eval_sets.items()) or "none")
+    log.info(
+        "train %d, dev %d, eval sets: %s",
+        len(train_part),
+        len(dev_part),
+        ", ".join(f"{k} ({len(v)})" for k, v in eval_sets.items()) or "none",
+    )
     train_labels = {lab for v in train_part.labels for lab in (v if isinstance(v, list) else [v])}
 
     uri = tracking.setup(config.tracking.uri, config.experiment_name)
@@ -86,28 +94,36 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
     run_name = config.tracking.run_name or f"{stem}-{time.strftime('%m%d-%H%M%S')}"
     commit, dirty = tracking.git_commit()
     tags = {
-        "task": config.task.name, "task_type": config.task.type, "model_family": config.model.family,
-        "git_commit": commit, "git_dirty": str(dirty), "mlflow.source.git.commit": commit,
-        "config_file": str(config_path or ""), f"dataset_sha256.{data.path.name}": data.sha256,
+        "task": config.task.name,
+        "task_type": config.task.type,
+        "model_family": config.model.family,
+        "git_commit": commit,
+        "git_dirty": str(dirty),
+        "mlflow.source.git.commit": commit,
+        "config_file": str(config_path or ""),
+        f"dataset_sha256.{data.path.name}": data.sha256,
         **{f"dataset_sha256.{name}": d.sha256 for name, d in eval_sets.items()},
         **{f"version.{k}": v for k, v in tracking.library_versions().items()},
     }
     with mlflow.start_run(run_name=run_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
-        log.info("MLflow run %s (%s) in experiment '%s' at %s", run_name, run.info.run_id,
-                 config.experiment_name, uri)
+        log.info("MLflow run %s (%s) in experiment '%s' at %s", run_name, run.info.run_id, config.experiment_name, uri)
         out = Path(tmp)
         mlflow.log_params(tracking.flatten(config.model_dump(mode="json", exclude={"extends"})))
-        mlflow.log_input(mlflow.data.from_pandas(_dataset_frame(train_part), source=str(data.path),
-                                                 name=f"{data.path.name}:train"), context="train")
-        mlflow.log_input(mlflow.data.from_pandas(_dataset_frame(dev_part), source=str(data.path),
-                                                 name=f"{data.path.name}:dev"), context="dev")
+        mlflow.log_input(
+            mlflow.data.from_pandas(_dataset_frame(train_part), source=str(data.path), name=f"{data.path.name}:train"),
+            context="train",
+        )
+        mlflow.log_input(
+            mlflow.data.from_pandas(_dataset_frame(dev_part), source=str(data.path), name=f"{data.path.name}:dev"),
+            context="dev",
+        )
         for name, d in eval_sets.items():
-            mlflow.log_input(mlflow.data.from_pandas(_dataset_frame(d), source=str(d.path), name=name),
-                             context="eval")
+            mlflow.log_input(mlflow.data.from_pandas(_dataset_frame(d), source=str(d.path), name=name), context="eval")
 
         with step(f"training {config.model.family}"):
-            model = build_model(config.model.family, config.task.type, config.task.labels,
-                                config.model.params, config.seed)
+            model = build_model(
+                config.model.family, config.task.type, config.task.labels, config.model.params, config.seed
+            )
             start = time.perf_counter()
             model.fit(train_part.inputs, train_part.labels, dev_part.inputs, dev_part.labels)
             model.tune_thresholds(dev_part.inputs, dev_part.labels)
@@ -115,17 +131,27 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
         results: list[EvalResult] = []
         with step("evaluating"):
             for name, part in [("dev", dev_part), *eval_sets.items()]:
-                result = evaluate(model, part, name, bootstrap_samples=config.evaluation.bootstrap_samples,
-                                  confidence=config.evaluation.confidence, seed=config.seed,
-                                  train_labels=train_labels)
+                result = evaluate(
+                    model,
+                    part,
+                    name,
+                    bootstrap_samples=config.evaluation.bootstrap_samples,
+                    confidence=config.evaluation.confidence,
+                    seed=config.seed,
+                    train_labels=train_labels,
+                )
                 for warning in result.warnings:
                     log.warning(warning)
                 results.append(result)
                 mlflow.log_metrics({f"{name}/{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
                 result.write(out / "reports")
         summary = {
-            "run_id": run.info.run_id, "run_name": run_name, "task": config.task.name,
-            "family": config.model.family, "train_size": len(train_part), "dev_size": len(dev_part),
+            "run_id": run.info.run_id,
+            "run_name": run_name,
+            "task": config.task.name,
+            "family": config.model.family,
+            "train_size": len(train_part),
+            "dev_size": len(dev_part),
             "leakage": leak_counts,
             "thresholds": dict(zip(model.labels, map(float, model.thresholds_), strict=True)),
             "metrics": {r.name: r.metrics for r in results},

@@ -28,9 +28,14 @@ def list_runs(task: str, metric: str, experiment: str | None = None, limit: int 
         "run_name": frame.get("tags.mlflow.runName"),
         "family": frame.get("tags.model_family"),
         metric: frame[column].round(4),
-        f"{metric}_ci": [f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "" for lo, hi in zip(
-            frame.get(f"{column}_ci_low", pd.Series([None] * len(frame))),
-            frame.get(f"{column}_ci_high", pd.Series([None] * len(frame))), strict=True)],
+        f"{metric}_ci": [
+            f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else ""
+            for lo, hi in zip(
+                frame.get(f"{column}_ci_low", pd.Series([None] * len(frame))),
+                frame.get(f"{column}_ci_high", pd.Series([None] * len(frame))),
+                strict=True,
+            )
+        ],
         "dev/f1_macro": frame.get("metrics.dev/f1_macro", pd.Series(dtype=float)).round(4),
         "started": frame["start_time"].dt.strftime("%Y-%m-%d %H:%M"),
     }

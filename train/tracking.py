@@ -17,8 +17,17 @@ import mlflow
 
 from train.config import PROJECT_ROOT
 
-TRACKED_LIBRARIES = ("scikit-learn", "numpy", "pandas", "mlflow", "datasets", "pydantic", "pysbd",
-                     "torch", "transformers")
+TRACKED_LIBRARIES = (
+    "scikit-learn",
+    "numpy",
+    "pandas",
+    "mlflow",
+    "datasets",
+    "pydantic",
+    "pysbd",
+    "torch",
+    "transformers",
+)
 
 
 def home() -> Path:
@@ -60,10 +69,18 @@ def setup(configured_uri: str | None = None, experiment: str | None = None) -> s
 def git_commit() -> tuple[str, bool]:
     """Current commit of the project checkout and whether it has uncommitted changes."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                                text=True, check=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=PROJECT_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
         return commit, dirty
     except (OSError, subprocess.SubprocessError):
         return "unknown", False

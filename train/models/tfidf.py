@@ -136,6 +136,4 @@ class TfidfSvm(TfidfClassifier):
 
     def _classifier(self):
         svm = LinearSVC(C=self.params["C"], class_weight=self.params["class_weight"], random_state=self.seed)
-        return CalibratedClassifierCV(
-            svm, method=self.params["calibration"], cv=self.params["calibration_folds"]
-        )
+        return CalibratedClassifierCV(svm, method=self.params["calibration"], cv=self.params["calibration_folds"])
