@@ -42,6 +42,9 @@ def train_dev_split(
         values, counts = np.unique(y, return_counts=True)
         rare = set(values[counts < n_splits])
         y = np.array(["<rare>" if v in rare else v for v in y])
+        if 0 < (y == "<rare>").sum() < n_splits:
+            values, counts = np.unique(y, return_counts=True)
+            y = np.where(y == "<rare>", values[counts.argmax()], y)
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         train_idx, dev_idx = next(splitter.split(index, y, groups.to_numpy()))
         return train_idx, dev_idx

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from train.config import apply_overrides, dump_config, load_config
+from train.errors import TaggerError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_configs_validate():
+    for path in sorted((ROOT / "configs").glob("*/*.yaml")):
+        if path.name == "base.yaml":
+            continue
+        config = load_config(path)
+        assert config.task.name in {"topic", "stance"}
+        assert config.evaluation.sets[0].name == "seeds"
+
+
+def test_extends_inherits_and_overrides(tmp_path):
+    config = load_config(ROOT / "configs/stance/tfidf_svm.yaml")
+    assert config.task.labels == ["favor", "against", "neutral"]  # from stance/base.yaml
+    assert config.data.columns.group == "doc_id"  # from configs/base.yaml
+    assert config.data.columns.target == "target"
+    assert config.model.params["calibration"] == "sigmoid"
+
+
+def test_set_override_parses_yaml_values():
+    config = load_config(ROOT / "configs/topic/tfidf_logreg.yaml", ["model.params.C=0.25", "split.seed=7"])
+    assert config.model.params["C"] == 0.25
+    assert config.split.seed == 7
+    assert "C: 0.25" in dump_config(config)
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(TaggerError, match=r"unknown key 'split.dev_fractoin'; did you mean 'dev_fraction'"):
+        load_config(ROOT / "configs/topic/tfidf_logreg.yaml", ["split.dev_fractoin=0.3"])
+
+
+def test_unknown_model_param_suggests_closest():
+    with pytest.raises(TaggerError, match=r"unknown key 'model.params.min_dff'; did you mean 'min_df'"):
+        load_config(ROOT / "configs/topic/tfidf_logreg.yaml", ["model.params.min_dff=2"])
+
+
+def test_wrong_type_names_the_path():
+    with pytest.raises(TaggerError, match=r"'split.dev_fraction'"):
+        load_config(ROOT / "configs/topic/tfidf_logreg.yaml", ["split.dev_fraction=lots"])
+
+
+def test_unknown_family_suggests_registered_name():
+    with pytest.raises(TaggerError, match=r"unknown family 'tfidf_lr'; did you mean 'tfidf_logreg'"):
+        load_config(ROOT / "configs/topic/tfidf_logreg.yaml", ["model.family=tfidf_lr"])
+
+
+def test_bad_override_syntax():
+    with pytest.raises(TaggerError, match="expected KEY=VALUE"):
+        apply_overrides({}, ["model.params.C"])
+
+
+def test_missing_and_empty_and_invalid_files(tmp_path):
+    with pytest.raises(TaggerError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "empty.yaml").write_text("", encoding="utf-8")
+    with pytest.raises(TaggerError, match="config file is empty"):
+        load_config(tmp_path / "empty.yaml")
+    (tmp_path / "bad.yaml").write_text("task: [unclosed\n", encoding="utf-8")
+    with pytest.raises(TaggerError, match="invalid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_circular_extends(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n", encoding="utf-8")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n", encoding="utf-8")
+    with pytest.raises(TaggerError, match="circular"):
+        load_config(tmp_path / "a.yaml")

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from train.metrics import bootstrap_ci, multiclass_metrics, multilabel_metrics
+
+LABELS = ["favor", "against", "neutral"]
+
+
+def test_multiclass_metrics_and_semeval_favg():
+    gold = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    m = multiclass_metrics(gold, pred, LABELS)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["f1_favor"] == pytest.approx(0.5)  # P=1/2, R=1/2
+    assert m["f1_against"] == pytest.approx(0.8)  # P=2/3, R=1
+    assert m["f1_neutral"] == pytest.approx(2 / 3)  # P=1, R=1/2
+    assert m["f_avg"] == pytest.approx((0.5 + 0.8) / 2)
+    assert m["f1_macro"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+
+
+def test_multilabel_metrics():
+    gold = np.array([[1, 0], [1, 1], [0, 0], [0, 1]])
+    pred = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
+    m = multilabel_metrics(gold, pred, ["a", "b"])
+    assert m["subset_accuracy"] == pytest.approx(0.5)
+    assert m["hamming_loss"] == pytest.approx(2 / 8)
+    assert m["f1_a"] == pytest.approx(1.0)
+    assert m["f1_b"] == pytest.approx(0.5)
+    assert m["support_b"] == 2
+    assert m["f1_micro"] == pytest.approx(f1_score(gold, pred, average="micro"))
+
+
+def test_bootstrap_interval_brackets_the_point_estimate():
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, 200)
+    pred = np.where(rng.random(200) < 0.7, gold, rng.integers(0, 3, 200))
+    low, high = bootstrap_ci(gold, pred, 3, samples=500)
+    point = f1_score(gold, pred, average="macro")
+    assert low < point < high
+    assert 0 < high - low < 0.3
+    assert bootstrap_ci(gold, pred, 3, samples=500) == (low, high)  # seeded
