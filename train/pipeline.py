@@ -10,7 +10,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import joblib
 import mlflow
 import numpy as np
 import pandas as pd
@@ -128,6 +127,7 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
             model.fit(train_part.inputs, train_part.labels, dev_part.inputs, dev_part.labels)
             model.tune_thresholds(dev_part.inputs, dev_part.labels)
             mlflow.log_metric("train_seconds", time.perf_counter() - start)
+            mlflow.log_metrics(model.model_info())
         results: list[EvalResult] = []
         with step("evaluating"):
             for name, part in [("dev", dev_part), *eval_sets.items()]:
@@ -174,8 +174,8 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
 
 def log_model(model, train_part: LabelledData, out: Path):
     """Log ``model`` as a tagger pyfunc with signature and input example."""
-    path = out / "classifier.joblib"
-    joblib.dump(model, path)
+    path = out / "classifier"
+    model.save(path)
     example = train_part.inputs.head(3).copy()
     if not example["target"].str.strip().any():
         example = example[["text"]]
@@ -187,19 +187,30 @@ def log_model(model, train_part: LabelledData, out: Path):
         code_paths=[str(Path(__file__).parent)],
         signature=signature,
         input_example=example,
-        pip_requirements=_requirements(),
+        pip_requirements=_requirements(model),
     )
 
 
-def _requirements() -> list[str]:
-    versions = tracking.library_versions()
-    names = ["mlflow", "scikit-learn", "numpy", "pandas", "pydantic", "catalogue", "joblib", "pysbd", "pyyaml"]
+def _requirements(model) -> list[str]:
+    """Pinned pip requirements of a logged model: the common stack plus what its family needs."""
+    from importlib import metadata
+
+    names = [
+        "mlflow",
+        "scikit-learn",
+        "numpy",
+        "pandas",
+        "pydantic",
+        "catalogue",
+        "joblib",
+        "pysbd",
+        "pyyaml",
+        *getattr(model, "requirements", ()),
+    ]
     pins = []
     for name in names:
         try:
-            from importlib import metadata
-
-            pins.append(f"{name}=={versions.get(name) or metadata.version(name)}")
-        except Exception:  # noqa: BLE001 - a missing optional library is simply not pinned
+            pins.append(f"{name}=={metadata.version(name).split('+')[0]}")
+        except metadata.PackageNotFoundError:
             pins.append(name)
     return pins

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import joblib
 import mlflow
 import mlflow.pyfunc
 import pandas as pd
@@ -23,7 +22,7 @@ class TaggerModel(mlflow.pyfunc.PythonModel):
         self.classifier = classifier
 
     def load_context(self, context) -> None:
-        self.classifier = joblib.load(context.artifacts[ARTIFACT_KEY])
+        self.classifier = TextClassifier.load(Path(context.artifacts[ARTIFACT_KEY]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return predict_frame(self.classifier, model_input)

@@ -8,6 +8,7 @@ plug-ins can also register through the ``tagger_model_families`` entry-point gro
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Any
 
 import catalogue
@@ -16,18 +17,24 @@ from pydantic import BaseModel
 model_families = catalogue.create("tagger", "model_families", entry_points=True)
 
 
-def _load_builtin_families() -> None:
-    # Importing the modules runs their @register decorators.
-    import train.models.tfidf  # noqa: F401
+# Built-in families and the module that registers each; a module is imported only when its family
+# is used, so TF-IDF runs never import torch or transformers.
+BUILTIN_FAMILIES = {
+    "tfidf_logreg": "train.models.tfidf",
+    "tfidf_svm": "train.models.tfidf",
+    "transformer": "train.models.transformer",
+    "embedding_logreg": "train.models.embedding",
+}
 
 
 def get_family(name: str) -> Any:
     """The family class registered under ``name``; a clear error suggests the closest name."""
-    _load_builtin_families()
+    if name in BUILTIN_FAMILIES:
+        importlib.import_module(BUILTIN_FAMILIES[name])
     try:
         return model_families.get(name)
     except catalogue.RegistryError:
-        known = sorted(model_families.get_all())
+        known = sorted(set(model_families.get_all()) | set(BUILTIN_FAMILIES))
         hint = difflib.get_close_matches(name, known, n=1, cutoff=0.4)
         suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
         raise ValueError(

