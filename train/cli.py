@@ -23,6 +23,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
     warnings.filterwarnings("ignore", category=FutureWarning)
     for name in ("mlflow", "alembic", "datasets", "urllib3", "git"):
@@ -102,14 +104,15 @@ def _read_inputs(source: str, target: str | None) -> list[dict]:
 @click.argument("model")
 @click.option("--input", "source", required=True, help="JSON Lines file (or '-' for stdin) of sentences.")
 @click.option("--target", default=None, help='Target for stance models, e.g. "closer Iran–Iraq ties".')
-def predict(model: str, source: str, target: str | None) -> None:
+@click.option("--backend", default=None, help="Inference backend of transformer models: torch, onnx or onnx-int8.")
+def predict(model: str, source: str, target: str | None, backend: str | None) -> None:
     """Tag sentences with MODEL (run id, models:/ or runs:/ URI, or model folder); JSON Lines out."""
     import pandas as pd
 
     from train.pyfunc import load_classifier, predict_frame
 
     rows = _read_inputs(source, target)
-    classifier = load_classifier(model)
+    classifier = load_classifier(model, backend)
     frame = pd.DataFrame(rows)
     if not classifier.multilabel and ("target" not in frame or frame["target"].isna().any()):
         raise TaggerError("a stance model needs a target: give --target or a 'target' field on every line")
@@ -137,14 +140,21 @@ def predict(model: str, source: str, target: str | None) -> None:
     default=None,
     help="Also write predictions, misclassified rows and confusion plots here.",
 )
-def evaluate(model: str, data_path: str, labels_column: str | None, output: str | None, report_dir: str | None) -> None:
+def evaluate(
+    model: str,
+    data_path: str,
+    labels_column: str | None,
+    output: str | None,
+    report_dir: str | None,
+    backend: str | None,
+) -> None:
     """Evaluate MODEL on a labelled file and print its metrics."""
     from train.config import Columns
     from train.data import load_labelled
     from train.evaluation import evaluate as run_eval
     from train.pyfunc import load_classifier
 
-    classifier = load_classifier(model)
+    classifier = load_classifier(model, backend)
     columns = Columns(
         labels=labels_column or LABEL_COLUMNS[classifier.task_type], target=None if classifier.multilabel else "target"
     )

@@ -55,8 +55,8 @@ def model_uri(reference: str) -> str:
     raise TaggerError(f"model '{reference}': not a run id, models:/ or runs:/ URI, or a model folder")
 
 
-def load_classifier(reference: str) -> TextClassifier:
-    """Load the tagger classifier behind a model reference."""
+def load_classifier(reference: str, backend: str | None = None) -> TextClassifier:
+    """Load the tagger classifier behind a model reference, optionally choosing its backend."""
     uri = model_uri(reference)
     try:
         loaded = mlflow.pyfunc.load_model(uri)
@@ -65,4 +65,9 @@ def load_classifier(reference: str) -> TextClassifier:
     wrapper = loaded.unwrap_python_model()
     if not isinstance(getattr(wrapper, "classifier", None), TextClassifier):
         raise TaggerError(f"model '{reference}': not a tagger model")
+    if backend:
+        try:
+            wrapper.classifier.set_backend(backend)
+        except ValueError as exc:
+            raise TaggerError(f"--backend: {exc}") from None
     return wrapper.classifier

@@ -13,12 +13,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
 from train.models.base import TextClassifier, mask_actors
-from train.models.encoder import EmbeddingCache, SentenceEncoder, resolve_encoder, set_threads
+from train.models.encoder import EmbeddingCache, SentenceEncoder, check_encoder, resolve_encoder, set_threads
 from train.registry import model_families
 
 
@@ -34,6 +34,11 @@ class EmbeddingParams(BaseModel):
     mask_target_actors: bool = False
     cache_dir: str | None = Field(None, description="none = $TAGGER_HOME/.cache/embeddings or ./.cache")
     torch_threads: int | None = Field(None, ge=1)
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _encoder_exists(cls, value: str | None) -> str | None:
+        return check_encoder(value)
 
 
 @model_families.register("embedding_logreg")

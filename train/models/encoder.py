@@ -52,6 +52,15 @@ def resolve_encoder(name_or_path: str | None) -> str:
     return name_or_path  # a hub id: transformers resolves it (offline: from the local cache)
 
 
+def check_encoder(name_or_path: str | None) -> str | None:
+    """Config-time check (pydantic validator): a local model folder must exist and hold a tokenizer."""
+    try:
+        resolve_encoder(name_or_path)
+    except TaggerError as exc:
+        raise ValueError(str(exc).removeprefix("model.params.name_or_path: ")) from None
+    return name_or_path
+
+
 def load_tokenizer(reference: str):
     from transformers import AutoTokenizer
 

@@ -17,10 +17,10 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from train.models.base import TextClassifier, mask_actors
-from train.models.encoder import length_sorted_batches, load_tokenizer, resolve_encoder, set_threads
+from train.models.encoder import check_encoder, length_sorted_batches, load_tokenizer, resolve_encoder, set_threads
 from train.registry import model_families
 
 log = logging.getLogger("tagger")
@@ -46,6 +46,25 @@ class TransformerParams(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (quick tests)")
     mask_target_actors: bool = False
     backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _encoder_exists(cls, value: str | None) -> str | None:
+        return check_encoder(value)
+
+
+def quantize(source: Path, target: Path) -> Path:
+    """Dynamic int8 quantisation of an ONNX model (weights int8, activations quantised at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # the quantiser logs one INFO line per tensor
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    return target
 
 
 def _macro_f1(logits: np.ndarray, labels: np.ndarray, multilabel: bool) -> float:
@@ -153,6 +172,9 @@ class TransformerClassifier(TextClassifier):
                 callbacks=[_MlflowCurves()]
                 + ([EarlyStoppingCallback(p["early_stopping_patience"])] if stop_early else []),
             )
+            # progress goes to the log (stderr) through _MlflowCurves, not tqdm bars or printed dicts on stdout
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
             trainer.loss_weights = self._loss_weights(Y) if p["class_weights"] else None
             trainer.train()
         self.model_ = trainer.model.to("cpu").eval()
@@ -234,9 +256,7 @@ class TransformerClassifier(TextClassifier):
             if backend == "onnx-int8":
                 path = folder / "model.int8.onnx"
                 if not path.exists():
-                    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
+                    quantize(fp32, path)
             options = ort.SessionOptions()
             if self.params["torch_threads"]:
                 options.intra_op_num_threads = self.params["torch_threads"]
@@ -256,11 +276,7 @@ class TransformerClassifier(TextClassifier):
         self.model_.save_pretrained(folder / "hf")
         self.tokenizer_.save_pretrained(folder / "hf")
         self.export_onnx(folder / "onnx" / "model.onnx")
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(
-            str(folder / "onnx" / "model.onnx"), str(folder / "onnx" / "model.int8.onnx"), weight_type=QuantType.QInt8
-        )
+        quantize(folder / "onnx" / "model.onnx", folder / "onnx" / "model.int8.onnx")
 
     def _restore(self, folder: Path) -> None:
         from transformers import AutoModelForSequenceClassification
@@ -277,7 +293,7 @@ class TransformerClassifier(TextClassifier):
         return {"model_parameters": float(parameters), "model_size_mb": size / 2**20}
 
 
-from transformers import Trainer, TrainerCallback  # noqa: E402  (kept below the family for reading order)
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback  # noqa: E402  (kept below the family for reading order)
 
 
 class _WeightedTrainer(Trainer):
@@ -310,6 +326,9 @@ class _MlflowCurves(TrainerCallback):
         metrics = {}
         if "loss" in logs:
             metrics["train/loss"] = logs["loss"]
+            log.info(
+                "step %d/%d (epoch %.2f): loss %.4f", state.global_step, state.max_steps, state.epoch or 0, logs["loss"]
+            )
         if "eval_f1_macro" in logs:
             metrics["dev/epoch_f1_macro"] = logs["eval_f1_macro"]
             log.info("epoch %.0f: dev macro F1 %.4f", state.epoch or 0, logs["eval_f1_macro"])

@@ -1,0 +1,149 @@
+"""Transformer and embedding families: a tiny real fine-tune through MLflow, reload and ONNX parity."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SEEDS_FILE, read_jsonl
+
+from train.config import load_config
+from train.errors import TaggerError
+from train.models.encoder import default_encoder_path
+from train.pipeline import train
+from train.pyfunc import load_classifier
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = pd.DataFrame(read_jsonl(SEEDS_FILE))[["text", "target"]]
+ONNX_TOLERANCE = 1e-4  # fp32 ONNX Runtime vs torch, absolute difference of probabilities
+INT8_TOLERANCE = 0.1  # dynamic int8 quantisation, absolute difference of probabilities
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A few fine-tuning steps on a small subset, end to end through MLflow (shared by the tests below)."""
+    rows = read_jsonl(ROOT / "data/train/news_sentences.jsonl")[::10]
+    path = tmp_path_factory.mktemp("data") / "tiny.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    overrides = [
+        f"data.train={path}",
+        "model.params.max_steps=8",
+        "model.params.batch_size=8",
+        "model.params.max_length=48",
+        "model.params.logging_steps=2",
+        "evaluation.bootstrap_samples=50",
+    ]
+    config = load_config(ROOT / "configs/topic/minilm_finetune.yaml", overrides)
+    return train(config, "configs/topic/minilm_finetune.yaml")
+
+
+def test_tiny_finetune_is_tracked(tiny_run):
+    run = mlflow.get_run(tiny_run)
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    assert {"seeds/f1_macro", "dev/f1_macro", "model_parameters", "model_size_mb"} <= set(metrics)
+    assert 20e6 < metrics["model_parameters"] < 25e6  # all-MiniLM-L6-v2 + a 4-label head
+    history = mlflow.MlflowClient().get_metric_history(tiny_run, "train/loss")
+    assert len(history) >= 3 and [m.step for m in history] == sorted(m.step for m in history)
+    assert mlflow.MlflowClient().get_metric_history(tiny_run, "dev/epoch_f1_macro")
+
+
+def test_reload_in_fresh_process_predicts_identically(tiny_run, tmp_path):
+    here = load_classifier(tiny_run).predict_proba(SEEDS)
+    script = (
+        "import sys, mlflow, pandas as pd, numpy as np\n"
+        f"frame = pd.read_json({str(SEEDS_FILE)!r}, lines=True)[['text', 'target']]\n"
+        f"out = mlflow.pyfunc.load_model('runs:/{tiny_run}/model').predict(frame)\n"
+        "np.save(sys.argv[1], out.filter(like='score_').to_numpy())\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "scores.npy")], check=True, timeout=300)
+    there = np.load(tmp_path / "scores.npy")
+    np.testing.assert_allclose(there, here, atol=1e-6)
+
+
+def test_onnx_backends_match_torch(tiny_run):
+    classifier = load_classifier(tiny_run)
+    torch_scores = classifier.predict_proba(SEEDS)
+    torch_labels = classifier.decide(torch_scores)
+    classifier.set_backend("onnx")
+    onnx_scores = classifier.predict_proba(SEEDS)
+    assert np.abs(onnx_scores - torch_scores).max() < ONNX_TOLERANCE
+    assert classifier.decide(onnx_scores) == torch_labels
+    classifier.set_backend("onnx-int8")
+    int8_scores = classifier.predict_proba(SEEDS)
+    assert np.abs(int8_scores - torch_scores).max() < INT8_TOLERANCE
+    with pytest.raises(ValueError, match="backend must be one of"):
+        classifier.set_backend("tensorrt")
+
+
+def test_cli_predict_with_onnx_backend(tiny_run):
+    from click.testing import CliRunner
+
+    from train.cli import cli
+
+    result = CliRunner().invoke(
+        cli,
+        ["predict", tiny_run, "--input", "-", "--backend", "onnx-int8"],
+        input="Gas exports resumed through the pipeline.\n",
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["scores"]) == {"security", "energy", "trade", "diplomacy"}
+
+
+def test_missing_model_folder_and_missing_tokenizer_are_config_errors(tmp_path):
+    with pytest.raises(TaggerError, match=r"model.params.name_or_path.*does not exist"):
+        load_config(ROOT / "configs/topic/minilm_finetune.yaml", [f"model.params.name_or_path={tmp_path / 'nope'}"])
+    (tmp_path / "bare").mkdir()
+    shutil.copy(default_encoder_path() / "config.json", tmp_path / "bare" / "config.json")
+    with pytest.raises(TaggerError, match="holds no tokenizer"):
+        load_config(
+            ROOT / "configs/stance/minilm_embed_logreg.yaml", [f"model.params.name_or_path={tmp_path / 'bare'}"]
+        )
+
+
+def test_hub_id_resolves_through_the_offline_hub_cache(tmp_path):
+    """The real hub code path (a repo id, not a folder), served from a local hub cache with HF_HUB_OFFLINE=1."""
+    repo = tmp_path / "hub" / "models--local--minilm"
+    shutil.copytree(
+        default_encoder_path(),
+        repo / "snapshots" / "0123456789abcdef",
+        ignore=shutil.ignore_patterns("*.safetensors", "1_Pooling"),
+    )
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+    script = (
+        "from train.models.encoder import resolve_encoder, load_tokenizer\n"
+        "from train.errors import TaggerError\n"
+        "assert resolve_encoder('local/minilm') == 'local/minilm'\n"
+        "tok = load_tokenizer('local/minilm')\n"
+        "assert tok('Gas imports')['input_ids'][0] == tok.cls_token_id\n"
+        "try:\n    load_tokenizer('local/absent')\nexcept TaggerError as exc:\n    print('ERR', exc)\n"
+    )
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ERR cannot load a tokenizer from 'local/absent' (HF_HUB_OFFLINE=1: only cached models)" in proc.stdout
+
+
+def test_embedding_family_caches_encodings(small_train, tmp_path):
+    overrides = [
+        f"data.train={small_train}",
+        "evaluation.bootstrap_samples=50",
+        "tracking.log_model=false",
+        f"model.params.cache_dir={tmp_path / 'cache'}",
+    ]
+    config = load_config(ROOT / "configs/stance/minilm_embed_logreg.yaml", overrides)
+    first = train(config, "configs/stance/minilm_embed_logreg.yaml")
+    files = sorted((tmp_path / "cache").rglob("*.npy"))
+    assert len(files) >= len(read_jsonl(small_train))  # sentences + targets + seeds
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    second = train(config, "configs/stance/minilm_embed_logreg.yaml")
+    assert {f: f.stat().st_mtime_ns for f in sorted((tmp_path / "cache").rglob("*.npy"))} == stamps  # all hits
+    a, b = (mlflow.get_run(r).data.metrics["seeds/f1_macro"] for r in (first, second))
+    assert a == pytest.approx(b)
