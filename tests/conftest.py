@@ -12,15 +12,18 @@ TRAIN_FILE = ROOT / "data" / "train" / "news_sentences.jsonl"
 SEEDS_FILE = ROOT / "data" / "eval" / "seeds.jsonl"
 
 
-@pytest.fixture(autouse=True)
-def isolated_store(tmp_path_factory, monkeypatch):
-    """Every test tracks to a throw-away SQLite store, never the project's own mlflow.db."""
-    home = tmp_path_factory.getbasetemp() / "tagger-home"
-    home.mkdir(exist_ok=True)
-    monkeypatch.setenv("TAGGER_HOME", str(home))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home
+@pytest.fixture(autouse=True, scope="session")
+def isolated_store(tmp_path_factory):
+    """Every test tracks to a throw-away SQLite store, never the project's own mlflow.db.
+
+    Session-scoped, so it is in place before module-scoped fixtures that train models.
+    """
+    home = tmp_path_factory.mktemp("tagger-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TAGGER_HOME", str(home))
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield home
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -37,7 +37,7 @@ class TfidfParams(BaseModel):
     sublinear_tf: bool = True
     lowercase: bool = True
     use_target: bool = True
-    mask_target_actors: bool = True
+    mask_target_actors: bool = False
     C: float = Field(4.0, gt=0)
     class_weight: Literal["balanced"] | None = "balanced"
 
