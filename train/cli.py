@@ -140,6 +140,7 @@ def predict(model: str, source: str, target: str | None, backend: str | None) ->
     default=None,
     help="Also write predictions, misclassified rows and confusion plots here.",
 )
+@click.option("--backend", default=None, help="Inference backend of transformer models: torch, onnx or onnx-int8.")
 def evaluate(
     model: str,
     data_path: str,
