@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from train.cli import quiet_libraries
 from train.config import PROJECT_ROOT, load_config
 from train.data import load_for
 from train.registry import build_model
@@ -60,11 +61,105 @@ def bench_config(path: str, repeats: int = 3) -> dict:
     }
 
 
+def _throughput(predict, sentences, repeats: int = 3) -> float:
+    """Median sentences per second of ``predict`` over ``repeats`` passes, after a warm-up."""
+    predict(sentences.head(16))
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict(sentences)
+        timings.append(time.perf_counter() - start)
+    return round(len(sentences) / float(np.median(timings)), 1)
+
+
+def _finished_runs(task: str):
+    import mlflow
+
+    from train import tracking
+
+    tracking.setup()
+    if mlflow.get_experiment_by_name(f"tagger-{task}") is None:
+        return None
+    runs = mlflow.search_runs(
+        experiment_names=[f"tagger-{task}"],
+        order_by=["start_time DESC"],
+        filter_string="attributes.status = 'FINISHED'",
+    )
+    return None if runs.empty else runs
+
+
+def fine_tune_times() -> list[dict]:
+    """Wall time of the newest finished run of each shipped MiniLM config, read from MLflow."""
+    rows = []
+    for task in ("topic", "stance"):
+        runs = _finished_runs(task)
+        if runs is None or "tags.config_file" not in runs:
+            continue
+        configs = sorted({c for c in runs["tags.config_file"] if isinstance(c, str) and "minilm" in c})
+        for config in configs:
+            run = runs[runs["tags.config_file"] == config].iloc[0]
+            rows.append(
+                {
+                    "config": config,
+                    "run_id": run["run_id"],
+                    "train_seconds": round(float(run["metrics.train_seconds"]), 1),
+                    "run_wall_seconds": round((run["end_time"] - run["start_time"]).total_seconds(), 1),
+                    "seeds_f1_macro": round(float(run["metrics.seeds/f1_macro"]), 4),
+                }
+            )
+    return rows
+
+
+def bench_transformer(n_sentences: int = 1000) -> dict:
+    """Tagging throughput of torch, ONNX and ONNX-int8 beside a ``transformers.pipeline`` baseline."""
+    import tempfile
+
+    import pandas as pd
+    from transformers import pipeline
+
+    from train.pyfunc import load_classifier
+
+    runs = _finished_runs("topic")
+    if runs is not None:  # the newest full fine-tune of a shipped config (not a capped test run)
+        capped = runs.get("params.model.params.max_steps", pd.Series("None", index=runs.index)) != "None"
+        runs = runs[(runs.get("tags.model_family") == "transformer") & ~capped]
+    if runs is None or runs.empty:
+        return {"skipped": "no finished transformer run in tagger-topic: run make demo-full first"}
+    run_id = runs.iloc[0]["run_id"]
+    classifier = load_classifier(run_id)
+    rows = [json.loads(line) for line in (PROJECT_ROOT / "data/train/news_sentences.jsonl").open(encoding="utf-8")]
+    frame = pd.DataFrame({"text": [r["text"] for r in rows][:n_sentences]})
+    speed = {}
+    for backend in ("torch", "onnx", "onnx-int8"):
+        classifier.set_backend(backend)
+        speed[backend] = _throughput(classifier.predict_proba, frame)
+    with tempfile.TemporaryDirectory() as folder:
+        classifier.model_.save_pretrained(folder)
+        classifier.tokenizer_.save_pretrained(folder)
+        baseline = pipeline(
+            "text-classification", model=folder, tokenizer=folder, top_k=None, function_to_apply="sigmoid", device=-1
+        )
+        speed["transformers_pipeline"] = _throughput(
+            lambda batch: baseline(list(batch["text"]), batch_size=64, truncation=True, max_length=96), frame
+        )
+    fastest = max(("torch", "onnx", "onnx-int8"), key=speed.get)
+    return {
+        "run_id": run_id,
+        "sentences": len(frame),
+        "sentences_per_second": speed,
+        "fastest_backend": fastest,
+        "fastest_vs_pipeline": round(speed[fastest] / speed["transformers_pipeline"], 2),
+        "peak_rss_mb_so_far": round(peak_rss_mb(), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default="bench/results.json")
     parser.add_argument("--configs", nargs="*", default=CONFIGS)
+    parser.add_argument("--skip-transformer", action="store_true", help="TF-IDF numbers only.")
     args = parser.parse_args()
+    quiet_libraries()
     results = {
         "machine": {
             "python": platform.python_version(),
@@ -73,6 +168,9 @@ def main() -> None:
         },
         "tfidf": [bench_config(c) for c in args.configs],
     }
+    if not args.skip_transformer:
+        results["fine_tune"] = fine_tune_times()
+        results["transformer_inference"] = bench_transformer()
     results["peak_rss_mb"] = round(peak_rss_mb(), 1)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ log = logging.getLogger("tagger")
 LABEL_COLUMNS = {"multilabel": "topics", "multiclass": "stance"}
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
+    """Offline hub access, and no progress bars or chatty library logs on the terminal."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -41,7 +42,7 @@ def cli(verbose: bool) -> None:
         format="%(asctime)s %(levelname)-7s %(message)s",
         datefmt="%H:%M:%S",
     )
-    _quiet_libraries()
+    quiet_libraries()
 
 
 @cli.command()

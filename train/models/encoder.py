@@ -64,11 +64,19 @@ def check_encoder(name_or_path: str | None) -> str | None:
 def load_tokenizer(reference: str):
     from transformers import AutoTokenizer
 
+    quiet_transformers()
     try:
         return AutoTokenizer.from_pretrained(reference)
     except (OSError, ValueError) as exc:
         offline = " (HF_HUB_OFFLINE=1: only cached models)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
         raise TaggerError(f"cannot load a tokenizer from '{reference}'{offline}: {exc}".splitlines()[0]) from None
+
+
+def quiet_transformers() -> None:
+    """No per-file "Loading weights" progress bars from transformers (our log reports each step)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def set_threads(threads: int | None) -> None:
