@@ -221,6 +221,126 @@ def split_seeds(seeds_dir: str, output: str) -> None:
         log.info("wrote %d sentences from %d articles to %s", len(lines), len(paths), output)
 
 
+@cli.command()
+@click.option("--task", required=True, type=click.Choice(["topic", "stance"]), help="Which task to promote.")
+@click.option("--metric", default="seeds/f1_macro", show_default=True, help="Metric that picks the winner.")
+@click.option("--dry-run", is_flag=True, help="Show the choice; change nothing.")
+def promote(task: str, metric: str, dry_run: bool) -> None:
+    """Register the best finished run of TASK as tagger-<task> and move the 'champion' alias to it."""
+    from train.promote import promote as run_promote
+    from train.promote import register_bundle, registered_name
+
+    choice, version = run_promote(task, metric, dry_run)
+    click.echo(choice.describe())
+    if dry_run:
+        click.echo("dry run: nothing registered")
+        return
+    click.echo(f"{registered_name(task)} v{version} is now @champion")
+    bundle = register_bundle()
+    if bundle:
+        click.echo(f"tagger (topic + stance) v{bundle} is now @champion")
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--input", "source", default=None, help="Read the text from a file ('-' = stdin) instead.")
+@click.option("--target", default=None, help='Stance target (default "closer Iran–Iraq ties").')
+@click.option("--topic-model", default=None, help="Topic model URI (default models:/tagger-topic@champion).")
+@click.option("--stance-model", default=None, help="Stance model URI (default models:/tagger-stance@champion).")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines, one sentence per line.")
+def tag(text, source, target, topic_model, stance_model, as_json) -> None:
+    """Split TEXT (or --input) into sentences and tag each with topics and stance."""
+    from train.tagging import DEFAULT_TARGET, Tagger
+
+    if (text is None) == (source is None):
+        raise TaggerError("give the text as an argument or with --input FILE, not both")
+    if source is not None:
+        raw = (
+            sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes() if Path(source).is_file() else None
+        )
+        if raw is None:
+            raise TaggerError(f"{source}: file not found")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TaggerError(f"{source}: not valid UTF-8") from None
+    if not text.strip():
+        raise TaggerError("the text is empty")
+    if target is not None and not target.strip():
+        raise TaggerError("--target is empty")
+    tagger = Tagger.load(topic_model, stance_model)
+    results = tagger.tag_text(text, target or DEFAULT_TARGET)
+    if as_json:
+        for row in results:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"stance toward: {target or DEFAULT_TARGET}", show_lines=True)
+    for column in ("#", "sentence", "topics", "stance"):
+        table.add_column(column)
+    for row in results:
+        topics = ", ".join(f"{t} {row['topic_scores'][t]:.2f}" for t in row["topics"]) or "-"
+        stance = f"{row['stance']} {row['stance_scores'][row['stance']]:.2f}"
+        table.add_row(str(row["index"]), row["text"], topics, stance)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+@cli.command()
+@click.option(
+    "--task",
+    required=True,
+    type=click.Choice(["topic", "stance", "tagger"]),
+    help="Registered model to export (tagger = topic + stance).",
+)
+@click.option("--alias", default="champion", show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write (must not exist).")
+def export(task: str, alias: str, out: str) -> None:
+    """Write a self-contained MLflow model folder that 'tagger serve' and 'mlflow' load without the registry."""
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    from train import tracking
+
+    target = Path(out)
+    if target.exists() and any(target.iterdir()):
+        raise TaggerError(f"{out}: exists and is not empty")
+    tracking.setup()
+    name = task if task == "tagger" else f"tagger-{task}"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(f"models:/{name}@{alias}", dst_path=tmp)
+        except Exception as exc:  # noqa: BLE001 - MLflow raises several types
+            raise TaggerError(f"models:/{name}@{alias}: cannot export ({exc})".splitlines()[0]) from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(local, target, dirs_exist_ok=True)
+    click.echo(str(target))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--topic-model", default=None, help="Topic model URI or folder (default: the champion).")
+@click.option("--stance-model", default=None, help="Stance model URI or folder (default: the champion).")
+@click.option("--max-body-bytes", default=1_000_000, show_default=True, type=int)
+@click.option("--max-sentences", default=1_000, show_default=True, type=int)
+def serve(host, port, topic_model, stance_model, max_body_bytes, max_sentences) -> None:
+    """Serve tagging over HTTP (FastAPI + uvicorn): POST /v1/tag, /healthz, /readyz, /v1/models, web page at /."""
+    import uvicorn
+
+    from train.serve import create_app
+    from train.tagging import Tagger
+
+    app = create_app(
+        lambda: Tagger.load(topic_model, stance_model), max_body_bytes=max_body_bytes, max_sentences=max_sentences
+    )
+    log.info("serving on http://%s:%d (docs at /docs)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 def main() -> None:
     """Entry point: run the CLI; a TaggerError is one line on stderr and exit status 2."""
     try:

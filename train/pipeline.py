@@ -187,26 +187,15 @@ def log_model(model, train_part: LabelledData, out: Path):
         code_paths=[str(Path(__file__).parent)],
         signature=signature,
         input_example=example,
-        pip_requirements=_requirements(model),
+        pip_requirements=pinned_requirements(tuple(model.requirements)),
     )
 
 
-def _requirements(model) -> list[str]:
-    """Pinned pip requirements of a logged model: the common stack plus what its family needs."""
+def pinned_requirements(extra: tuple[str, ...] = ()) -> list[str]:
+    """Pinned pip requirements of a logged model: the common stack plus ``extra`` packages."""
     from importlib import metadata
 
-    names = [
-        "mlflow",
-        "scikit-learn",
-        "numpy",
-        "pandas",
-        "pydantic",
-        "catalogue",
-        "joblib",
-        "pysbd",
-        "pyyaml",
-        *getattr(model, "requirements", ()),
-    ]
+    names = ["mlflow", "scikit-learn", "numpy", "pandas", "pydantic", "catalogue", "joblib", "pysbd", "pyyaml", *extra]
     pins = []
     for name in names:
         try:

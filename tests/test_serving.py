@@ -1,0 +1,204 @@
+"""Promotion to the registry, tagging from the CLI, export, and a real HTTP server on loopback."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+from click.testing import CliRunner
+from conftest import read_jsonl, write_jsonl
+
+from train.cli import cli
+from train.config import load_config
+from train.errors import TaggerError
+from train.pipeline import train
+from train.promote import choose, promote
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def invoke(*args, input=None):
+    result = CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """Two TF-IDF runs per task on a small corpus slice, then both tasks promoted."""
+    rows = read_jsonl(ROOT / "data/train/news_sentences.jsonl")[::3]
+    data = write_jsonl(tmp_path_factory.mktemp("serve") / "train.jsonl", rows)
+    runs = {}
+    for task in ("topic", "stance"):
+        for family in ("tfidf_logreg", "tfidf_svm"):
+            config = load_config(
+                ROOT / f"configs/{task}/{family}.yaml", [f"data.train={data}", "evaluation.bootstrap_samples=0"]
+            )
+            runs[(task, family)] = train(config, f"configs/{task}/{family}.yaml")
+    first = invoke("promote", "--task", "topic").stdout
+    invoke("promote", "--task", "stance")
+    return runs, first
+
+
+def test_promote_picks_best_and_moves_aliases(registry):
+    runs, output = registry
+    client = mlflow.MlflowClient()
+    scores = {
+        family: mlflow.get_run(runs[("topic", family)]).data.metrics["seeds/f1_macro"]
+        for family in ("tfidf_logreg", "tfidf_svm")
+    }
+    best = max(scores, key=scores.get)
+    champion = client.get_model_version_by_alias("tagger-topic", "champion")
+    assert champion.run_id == runs[("topic", best)]
+    assert "Runner-up" in champion.description and champion.tags["metric"] == "seeds/f1_macro"
+    assert "tagger-topic v1 is now @champion" in output
+    # promoting by another metric that prefers the other run moves champion and sets previous
+    other = "tfidf_svm" if best == "tfidf_logreg" else "tfidf_logreg"
+    choice_dry = invoke("promote", "--task", "topic", "--metric", "dev/f1_macro", "--dry-run").stdout
+    assert "dry run: nothing registered" in choice_dry
+    assert client.get_model_version_by_alias("tagger-topic", "champion").version == champion.version
+    choice = choose("topic", "dev/f1_macro")
+    if choice.winner["run_id"] == runs[("topic", other)]:
+        _, version = promote("topic", "dev/f1_macro")
+        assert client.get_model_version_by_alias("tagger-topic", "previous").version == champion.version
+        assert client.get_model_version_by_alias("tagger-topic", "champion").version == version
+    assert client.get_model_version_by_alias("tagger", "champion")  # the combined topic + stance model
+
+
+def test_promote_without_runs_is_clear():
+    with pytest.raises(TaggerError, match="no experiment 'tagger-nothing'"):
+        choose("nothing")
+
+
+def test_tag_cli_uses_champions(registry):
+    out = invoke("tag", "Iran and Iraq signed a gas deal. Militias attacked a base.", "--json").stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in rows] == ["Iran and Iraq signed a gas deal.", "Militias attacked a base."]
+    assert rows[1]["start"] == len("Iran and Iraq signed a gas deal. ")
+    assert set(rows[0]["topic_scores"]) == {"security", "energy", "trade", "diplomacy"}
+    assert rows[0]["stance"] in {"favor", "against", "neutral"}
+
+
+def test_export_is_self_contained(registry, tmp_path):
+    out = tmp_path / "exported"
+    invoke("export", "--task", "topic", "--alias", "champion", "--out", str(out))
+    assert (out / "MLmodel").exists()
+    script = (
+        "import mlflow, pandas as pd, sys\n"
+        "m = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "print(m.predict(pd.DataFrame({'text': ['Gas flows resumed.']})).iloc[0]['labels'])\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///" + str(tmp_path / "elsewhere.db")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "train.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--max-sentences",
+            "50",
+            "--max-body-bytes",
+            "100000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(proc.stdout.read().decode())
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_tag_endpoint(server):
+    r = httpx.post(
+        f"{server}/v1/tag",
+        json={
+            "text": "Ankara and Baghdad signed an oil pipeline deal. Talks ended.",
+            "target": "closer Turkey–Iraq ties",
+        },
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert body["target"] == "closer Turkey–Iraq ties"
+    assert len(body["sentences"]) == 2 and body["sentences"][1]["start"] > 0
+    assert "tagger-topic v" in body["models"]["topic"]
+    r = httpx.post(f"{server}/v1/tag", json={"sentences": ["Troops crossed the border."]})
+    assert r.status_code == 200 and r.json()["sentences"][0]["text"] == "Troops crossed the border."
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{server}/v1/models").json()["topic_labels"] == ["security", "energy", "trade", "diplomacy"]
+    assert "/v1/tag" in httpx.get(f"{server}/openapi.json").json()["paths"]
+    assert "<textarea" in httpx.get(f"{server}/").text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        ({"json": {"text": ""}}, 422, "'text' is empty"),
+        ({"json": {"text": "   \n "}}, 422, "'text' is empty"),
+        ({"json": {"text": "Hi.", "target": ""}}, 422, "empty string"),
+        ({"json": {"text": "Hi.", "colour": "red"}}, 422, "colour"),
+        ({"json": {"text": 42}}, 422, "string"),
+        ({"json": {}}, 422, "exactly one of"),
+        ({"content": b"not json", "headers": {"content-type": "application/json"}}, 422, "JSON"),
+        ({"content": b'{"text": "caf\xe9"}', "headers": {"content-type": "application/json"}}, 422, "not valid UTF-8"),
+        ({"json": {"sentences": ["One."] * 51}}, 413, "at most 50"),
+        ({"json": {"text": "x" * 200_000}}, 413, "over 100000 bytes"),
+    ],
+)
+def test_bad_input_is_refused_and_server_keeps_serving(server, kwargs, status, message):
+    r = httpx.post(f"{server}/v1/tag", **kwargs)
+    assert r.status_code == status, r.text
+    assert message in r.text
+    assert httpx.post(f"{server}/v1/tag", json={"text": "Gas flows resumed."}).status_code == 200
+
+
+def test_reload_swaps_models(server):
+    r = httpx.post(f"{server}/v1/admin/reload")
+    assert r.status_code == 200 and r.json()["status"] == "reloaded"
+
+
+def test_serve_without_champion_fails_at_start_up(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}", "TAGGER_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.cli", "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "run 'tagger promote --task topic' first" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,176 @@
+"""Promote the best finished run of a task to the MLflow Model Registry as its ``champion``.
+
+The winner is the run with the highest metric (ties: higher dev macro F1, then newer). It is
+registered as ``tagger-<task>``; the alias ``champion`` moves to the new version and ``previous``
+to the former champion. Why it won (its metric values and the runner-up's) goes into the version's
+description and tags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from train import tracking
+from train.errors import TaggerError
+
+CHAMPION = "champion"
+PREVIOUS = "previous"
+
+
+def registered_name(task: str) -> str:
+    return f"tagger-{task}"
+
+
+@dataclass
+class Choice:
+    task: str
+    metric: str
+    winner: pd.Series
+    runner_up: pd.Series | None
+
+    def describe(self) -> str:
+        def line(run: pd.Series) -> str:
+            return (
+                f"run {run['run_id']} ({run.get('tags.mlflow.runName')}, {run.get('tags.model_family')}): "
+                f"{self.metric} = {run[f'metrics.{self.metric}']:.4f}, "
+                f"dev/f1_macro = {run.get('metrics.dev/f1_macro'):.4f}"
+            )
+
+        text = f"Best {self.task} run by {self.metric}: {line(self.winner)}."
+        if self.runner_up is not None:
+            text += f" Runner-up: {line(self.runner_up)}."
+        return text
+
+
+def choose(task: str, metric: str = "seeds/f1_macro") -> Choice:
+    """The best finished run of ``task`` that logged a model, by ``metric``."""
+    tracking.setup()
+    experiment = f"tagger-{task}"
+    if mlflow.get_experiment_by_name(experiment) is None:
+        raise TaggerError(f"no experiment '{experiment}' in {mlflow.get_tracking_uri()}; train a {task} config first")
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="attributes.status = 'FINISHED'")
+    column = f"metrics.{metric}"
+    if runs.empty or column not in runs.columns:
+        raise TaggerError(f"no finished {task} run logged the metric '{metric}'")
+    runs = runs[runs[column].notna()]
+    if "params.tracking.log_model" in runs.columns:
+        runs = runs[runs["params.tracking.log_model"] != "False"]
+    if runs.empty:
+        raise TaggerError(f"no finished {task} run with a logged model has the metric '{metric}'")
+    if "metrics.dev/f1_macro" not in runs.columns:
+        runs["metrics.dev/f1_macro"] = float("nan")
+    runs = runs.sort_values([column, "metrics.dev/f1_macro", "start_time"], ascending=False, na_position="last")
+    runner_up = runs.iloc[1] if len(runs) > 1 else None
+    return Choice(task, metric, runs.iloc[0], runner_up)
+
+
+def promote(task: str, metric: str = "seeds/f1_macro", dry_run: bool = False) -> tuple[Choice, str | None]:
+    """Register the chosen run and move the aliases; return the choice and the new version (None on dry run)."""
+    choice = choose(task, metric)
+    if dry_run:
+        return choice, None
+    client = mlflow.MlflowClient()
+    name = registered_name(task)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=f"tagger {task} model; alias '{CHAMPION}' is served.")
+    former = None
+    try:
+        former = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        pass
+    run_id = choice.winner["run_id"]
+    if former is not None and former.run_id == run_id:
+        return choice, former.version
+    version = mlflow.register_model(f"runs:/{run_id}/model", name)
+    client.update_model_version(name, version.version, description=choice.describe())
+    tags = {
+        "metric": metric,
+        "metric_value": f"{choice.winner[f'metrics.{metric}']:.6f}",
+        "model_family": str(choice.winner.get("tags.model_family")),
+        "run_id": run_id,
+    }
+    if choice.runner_up is not None:
+        tags.update(
+            {
+                "runner_up_run_id": choice.runner_up["run_id"],
+                "runner_up_metric_value": f"{choice.runner_up[f'metrics.{metric}']:.6f}",
+            }
+        )
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version.version, key, value)
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    if former is not None:
+        client.set_registered_model_alias(name, PREVIOUS, former.version)
+    return choice, version.version
+
+
+BUNDLE = "tagger"
+
+
+def register_bundle() -> str | None:
+    """Register topic + stance champions as one pyfunc ``tagger`` (alias ``champion``); None if one is missing."""
+    import tempfile
+    from pathlib import Path
+
+    from train.pipeline import pinned_requirements
+    from train.tagging import TaggerBundle
+
+    client = mlflow.MlflowClient()
+    folders = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        versions = {}
+        for task in ("topic", "stance"):
+            try:
+                versions[task] = client.get_model_version_by_alias(registered_name(task), CHAMPION)
+            except MlflowException:
+                return None
+            local = mlflow.artifacts.download_artifacts(
+                f"models:/{registered_name(task)}@{CHAMPION}", dst_path=str(Path(tmp) / task)
+            )
+            folders[task] = str(Path(local) / "artifacts" / "classifier")
+        example = pd.DataFrame(
+            {"text": ["Both ministers signed a gas supply agreement."], "target": ["closer Iran–Iraq ties"]}
+        )
+        with mlflow.start_run(run_name="tagger-bundle", experiment_id=_bundle_experiment()) as run:
+            mlflow.set_tags({f"{task}_version": v.version for task, v in versions.items()})
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=TaggerBundle(),
+                artifacts=folders,
+                code_paths=[str(Path(__file__).parent)],
+                input_example=example,
+                pip_requirements=pinned_requirements(("torch", "transformers", "onnxruntime", "onnx")),
+            )
+        version = mlflow.register_model(info.model_uri, BUNDLE)
+        client.update_model_version(
+            BUNDLE,
+            version.version,
+            description=f"topic v{versions['topic'].version} + stance v{versions['stance'].version}, "
+            f"logged in run {run.info.run_id}",
+        )
+        try:
+            former = client.get_model_version_by_alias(BUNDLE, CHAMPION)
+            client.set_registered_model_alias(BUNDLE, PREVIOUS, former.version)
+        except MlflowException:
+            pass
+        client.set_registered_model_alias(BUNDLE, CHAMPION, version.version)
+        return version.version
+
+
+def _bundle_experiment() -> str:
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("tagger-bundle")
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (
+        (tracking.home() / "mlartifacts").resolve().as_uri()
+        if mlflow.get_tracking_uri().startswith("sqlite:")
+        else None
+    )
+    return client.create_experiment("tagger-bundle", artifact_location=location)
