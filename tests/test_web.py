@@ -1,0 +1,78 @@
+"""The tagging page, driven in a real headless Chromium against the real server."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_serving import registry, server  # noqa: F401  (module fixtures: promoted champions, live server)
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+def ensure_chromium() -> None:
+    """Install Debian's chromium and chromium-driver when missing (the test set-up, as root)."""
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return
+    proc = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], capture_output=True, text=True, timeout=900
+    )
+    if proc.returncode != 0 or not shutil.which("chromedriver"):
+        pytest.fail(f"could not install chromium/chromium-driver: {proc.stderr[-500:]}")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    ensure_chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_page_tags_a_pasted_article(browser, server):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    text = "Iran and Iraq signed a gas supply deal. Militias fired rockets at a base. The talks ended."
+    browser.find_element(By.ID, "text").send_keys(text)
+    browser.find_element(By.ID, "target").send_keys("closer Iran–Iraq ties")
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 30).until(ready.presence_of_all_elements_located((By.CSS_SELECTOR, "#result .sentence")))
+    sentences = browser.find_elements(By.CSS_SELECTOR, "#result .sentence")
+    assert len(sentences) == 3
+    assert "Iran and Iraq signed a gas supply deal." in sentences[0].text
+    assert sentences[0].get_attribute("data-stance") in {"favor", "against", "neutral"}
+    assert sentences[0].find_elements(By.CSS_SELECTOR, ".badge")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "tagging_page.png"))
+    assert (ARTIFACTS / "tagging_page.png").stat().st_size > 5000
+
+
+def test_page_shows_validation_errors(browser, server):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "error").text)
+    assert "'text' is empty" in browser.find_element(By.ID, "error").text
