@@ -46,6 +46,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m train.bench --output bench/results.json
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m train.bench_serving --output bench/serving.json
 
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \

@@ -1,0 +1,271 @@
+"""Bounded load test of the tagging service on loopback, beside ``mlflow models serve`` on the same model.
+
+For the newest TF-IDF and transformer topic runs in the store: throughput and p50/p95/p99 latency
+for one-sentence and 20-sentence requests at fixed concurrency, an open-loop run at 50 requests/s,
+and the server's memory after 1,000 and after 10,000 requests. Every loop is bounded in count and
+time and only talks to 127.0.0.1. Run through ``make bench`` (writes ``bench/serving.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from train.cli import quiet_libraries
+from train.config import PROJECT_ROOT
+
+SENTENCES = [json.loads(line)["text"] for line in (PROJECT_ROOT / "data/train/news_sentences.jsonl").open()][:400]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Server:
+    """A server subprocess on a free loopback port, waited for until it answers."""
+
+    def __init__(self, command: list[str], ready_path: str, env: dict):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [*command, "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=False,
+        )
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(self.base + ready_path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server {command} did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def summarise(latencies: list[float], errors: int, seconds: float) -> dict:
+    ms = np.array(latencies) * 1000
+    return {
+        "requests": len(latencies) + errors,
+        "errors": errors,
+        "throughput_rps": round(len(latencies) / seconds, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }
+
+
+async def closed_loop(url: str, bodies: list[dict], concurrency: int) -> dict:
+    """``concurrency`` clients send the bodies back to back; bounded by len(bodies)."""
+    latencies, errors, queue = [], 0, list(bodies)
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def worker():
+            nonlocal errors
+            while queue:
+                body = queue.pop()
+                start = time.perf_counter()
+                r = await client.post(url, json=body)
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    errors += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summarise(latencies, errors, time.perf_counter() - start)
+
+
+async def open_loop(url: str, bodies: list[dict], rate: float) -> dict:
+    """Requests sent at a fixed rate whatever the answers (latency as a caller sees it)."""
+    latencies, errors = [], 0
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def one(body):
+            nonlocal errors
+            start = time.perf_counter()
+            r = await client.post(url, json=body)
+            if r.status_code == 200:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+
+        start = time.perf_counter()
+        tasks = []
+        for i, body in enumerate(bodies):
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(body)))
+        await asyncio.gather(*tasks)
+    return summarise(latencies, errors, time.perf_counter() - start)
+
+
+def tagger_bodies(n: int, size: int) -> list[dict]:
+    return [{"sentences": [SENTENCES[(i * size + j) % len(SENTENCES)] for j in range(size)]} for i in range(n)]
+
+
+def mlflow_bodies(n: int, size: int) -> list[dict]:
+    return [{"dataframe_records": [{"text": s} for s in b["sentences"]]} for b in tagger_bodies(n, size)]
+
+
+def newest_run(task: str, families: tuple[str, ...]) -> str | None:
+    import mlflow
+
+    from train import tracking
+
+    tracking.setup()
+    if mlflow.get_experiment_by_name(f"tagger-{task}") is None:
+        return None
+    runs = mlflow.search_runs(
+        experiment_names=[f"tagger-{task}"],
+        order_by=["start_time DESC"],
+        filter_string="attributes.status = 'FINISHED'",
+    )
+    runs = runs[runs.get("tags.model_family").isin(families)]
+    if "params.model.params.max_steps" in runs:
+        runs = runs[runs["params.model.params.max_steps"].fillna("None") == "None"]
+    return None if runs.empty else runs.iloc[0]["run_id"]
+
+
+def bench_model(topic_run: str, stance_run: str, requests: int, concurrency: int) -> dict:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    results: dict = {"topic_run": topic_run, "stance_run": stance_run}
+    tagger = Server(
+        [
+            sys.executable,
+            "-m",
+            "train.cli",
+            "serve",
+            "--topic-model",
+            f"runs:/{topic_run}/model",
+            "--stance-model",
+            f"runs:/{stance_run}/model",
+        ],
+        "/readyz",
+        env,
+    )
+    try:
+        url = tagger.base + "/v1/tag"
+        results["tagger_serve"] = {
+            "one_sentence": asyncio.run(closed_loop(url, tagger_bodies(requests, 1), concurrency)),
+            "twenty_sentences": asyncio.run(closed_loop(url, tagger_bodies(max(20, requests // 10), 20), concurrency)),
+            "one_sentence_at_50_rps": asyncio.run(open_loop(url, tagger_bodies(250, 1), 50.0)),
+        }
+    finally:
+        tagger.stop()
+    mlflow_server = Server(
+        [
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"runs:/{topic_run}/model",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+        ],
+        "/ping",
+        env,
+    )
+    try:
+        url = mlflow_server.base + "/invocations"
+        results["mlflow_models_serve_topic_only"] = {
+            "one_sentence": asyncio.run(closed_loop(url, mlflow_bodies(requests, 1), concurrency)),
+            "twenty_sentences": asyncio.run(closed_loop(url, mlflow_bodies(max(20, requests // 10), 20), concurrency)),
+        }
+    finally:
+        mlflow_server.stop()
+    ours = results["tagger_serve"]["one_sentence"]["throughput_rps"]
+    theirs = results["mlflow_models_serve_topic_only"]["one_sentence"]["throughput_rps"]
+    results["one_sentence_throughput_vs_mlflow_serve"] = round(ours / theirs, 2)
+    return results
+
+
+def memory_growth(topic_run: str, stance_run: str) -> dict:
+    """Server RSS after 1,000 and after 10,000 one-sentence requests."""
+    tagger = Server(
+        [
+            sys.executable,
+            "-m",
+            "train.cli",
+            "serve",
+            "--topic-model",
+            f"runs:/{topic_run}/model",
+            "--stance-model",
+            f"runs:/{stance_run}/model",
+        ],
+        "/readyz",
+        dict(os.environ),
+    )
+    try:
+        url = tagger.base + "/v1/tag"
+        asyncio.run(closed_loop(url, tagger_bodies(1000, 1), 8))
+        after_1k = rss_mb(tagger.proc.pid)
+        asyncio.run(closed_loop(url, tagger_bodies(9000, 1), 8))
+        after_10k = rss_mb(tagger.proc.pid)
+    finally:
+        tagger.stop()
+    return {
+        "rss_mb_after_1000": round(after_1k, 1),
+        "rss_mb_after_10000": round(after_10k, 1),
+        "growth_percent": round(100 * (after_10k - after_1k) / after_1k, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", default="bench/serving.json")
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    quiet_libraries()
+    tfidf_topic = newest_run("topic", ("tfidf_logreg", "tfidf_svm"))
+    tfidf_stance = newest_run("stance", ("tfidf_logreg", "tfidf_svm"))
+    if not (tfidf_topic and tfidf_stance):
+        raise SystemExit("no TF-IDF runs in the store: run make demo first")
+    results = {
+        "concurrency": args.concurrency,
+        "tfidf": bench_model(tfidf_topic, tfidf_stance, args.requests, args.concurrency),
+    }
+    transformer_topic = newest_run("topic", ("transformer",))
+    if transformer_topic:
+        results["transformer"] = bench_model(transformer_topic, tfidf_stance, args.requests // 4, args.concurrency)
+    else:
+        results["transformer"] = {"skipped": "no full transformer topic run: run make demo-full first"}
+    results["memory_tfidf"] = memory_growth(tfidf_topic, tfidf_stance)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
