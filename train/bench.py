@@ -153,6 +153,13 @@ def bench_transformer(n_sentences: int = 1000) -> dict:
     }
 
 
+def write_results(results: dict, path: Path) -> None:
+    """Write benchmark results as JSON (and echo them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(results, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default="bench/results.json")
@@ -172,10 +179,7 @@ def main() -> None:
         results["fine_tune"] = fine_tune_times()
         results["transformer_inference"] = bench_transformer()
     results["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(results, indent=2))
+    write_results(results, Path(args.output))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from train.bench import write_results
 from train.cli import quiet_libraries
 from train.config import PROJECT_ROOT
 
@@ -154,23 +155,25 @@ def newest_run(task: str, families: tuple[str, ...]) -> str | None:
     return None if runs.empty else runs.iloc[0]["run_id"]
 
 
+def start_tagger(topic_run: str, stance_run: str, env: dict) -> Server:
+    """``tagger serve`` on the given runs' models."""
+    command = [
+        sys.executable,
+        "-m",
+        "train.cli",
+        "serve",
+        "--topic-model",
+        f"runs:/{topic_run}/model",
+        "--stance-model",
+        f"runs:/{stance_run}/model",
+    ]
+    return Server(command, "/readyz", env)
+
+
 def bench_model(topic_run: str, stance_run: str, requests: int, concurrency: int) -> dict:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     results: dict = {"topic_run": topic_run, "stance_run": stance_run}
-    tagger = Server(
-        [
-            sys.executable,
-            "-m",
-            "train.cli",
-            "serve",
-            "--topic-model",
-            f"runs:/{topic_run}/model",
-            "--stance-model",
-            f"runs:/{stance_run}/model",
-        ],
-        "/readyz",
-        env,
-    )
+    tagger = start_tagger(topic_run, stance_run, env)
     try:
         url = tagger.base + "/v1/tag"
         results["tagger_serve"] = {
@@ -211,20 +214,7 @@ def bench_model(topic_run: str, stance_run: str, requests: int, concurrency: int
 
 def memory_growth(topic_run: str, stance_run: str) -> dict:
     """Server RSS after 1,000 and after 10,000 one-sentence requests."""
-    tagger = Server(
-        [
-            sys.executable,
-            "-m",
-            "train.cli",
-            "serve",
-            "--topic-model",
-            f"runs:/{topic_run}/model",
-            "--stance-model",
-            f"runs:/{stance_run}/model",
-        ],
-        "/readyz",
-        dict(os.environ),
-    )
+    tagger = start_tagger(topic_run, stance_run, dict(os.environ))
     try:
         url = tagger.base + "/v1/tag"
         asyncio.run(closed_loop(url, tagger_bodies(1000, 1), 8))
@@ -261,10 +251,7 @@ def main() -> None:
     else:
         results["transformer"] = {"skipped": "no full transformer topic run: run make demo-full first"}
     results["memory_tfidf"] = memory_growth(tfidf_topic, tfidf_stance)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(results, indent=2))
+    write_results(results, Path(args.output))
 
 
 if __name__ == "__main__":
