@@ -72,7 +72,8 @@ def _throughput(predict, sentences, repeats: int = 3) -> float:
     return round(len(sentences) / float(np.median(timings)), 1)
 
 
-def _finished_runs(task: str):
+def finished_runs(task: str):
+    """The task's finished runs, newest first (None when there are none)."""
     import mlflow
 
     from train import tracking
@@ -88,11 +89,22 @@ def _finished_runs(task: str):
     return None if runs.empty else runs
 
 
+def newest_run(task: str, families: tuple[str, ...]) -> str | None:
+    """Newest finished run of one of ``families`` that trained fully (not a step-capped test run)."""
+    runs = finished_runs(task)
+    if runs is None:
+        return None
+    runs = runs[runs["tags.model_family"].isin(families)]
+    if "params.model.params.max_steps" in runs:
+        runs = runs[runs["params.model.params.max_steps"].fillna("None") == "None"]
+    return None if runs.empty else runs.iloc[0]["run_id"]
+
+
 def fine_tune_times() -> list[dict]:
     """Wall time of the newest finished run of each shipped MiniLM config, read from MLflow."""
     rows = []
     for task in ("topic", "stance"):
-        runs = _finished_runs(task)
+        runs = finished_runs(task)
         if runs is None or "tags.config_file" not in runs:
             continue
         configs = sorted({c for c in runs["tags.config_file"] if isinstance(c, str) and "minilm" in c})
@@ -119,13 +131,9 @@ def bench_transformer(n_sentences: int = 1000) -> dict:
 
     from train.pyfunc import load_classifier
 
-    runs = _finished_runs("topic")
-    if runs is not None:  # the newest full fine-tune of a shipped config (not a capped test run)
-        capped = runs.get("params.model.params.max_steps", pd.Series("None", index=runs.index)) != "None"
-        runs = runs[(runs.get("tags.model_family") == "transformer") & ~capped]
-    if runs is None or runs.empty:
+    run_id = newest_run("topic", ("transformer",))
+    if run_id is None:
         return {"skipped": "no finished transformer run in tagger-topic: run make demo-full first"}
-    run_id = runs.iloc[0]["run_id"]
     classifier = load_classifier(run_id)
     rows = [json.loads(line) for line in (PROJECT_ROOT / "data/train/news_sentences.jsonl").open(encoding="utf-8")]
     frame = pd.DataFrame({"text": [r["text"] for r in rows][:n_sentences]})

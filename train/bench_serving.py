@@ -15,13 +15,14 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from train.bench import write_results
+from train.bench import newest_run, write_results
 from train.cli import quiet_libraries
 from train.config import PROJECT_ROOT
 
@@ -42,27 +43,25 @@ def rss_mb(pid: int) -> float:
 
 
 class Server:
-    """A server subprocess on a free loopback port, waited for until it answers."""
+    """A server subprocess on a free loopback port, waited for until it answers; its output goes to a log file."""
 
     def __init__(self, command: list[str], ready_path: str, env: dict):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [*command, "--port", str(self.port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=False,
-        )
+        self.log = Path(tempfile.mkstemp(prefix="tagger-bench-server-", suffix=".log")[1])
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [*command, "--port", str(self.port)], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
         deadline = time.time() + 180
-        while time.time() < deadline:
+        while time.time() < deadline and self.proc.poll() is None:
             try:
                 if httpx.get(self.base + ready_path, timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"server {command} did not start")
+        raise RuntimeError(f"server {command[:4]} did not start: {self.log.read_text()[-800:]}")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -134,25 +133,6 @@ def tagger_bodies(n: int, size: int) -> list[dict]:
 
 def mlflow_bodies(n: int, size: int) -> list[dict]:
     return [{"dataframe_records": [{"text": s} for s in b["sentences"]]} for b in tagger_bodies(n, size)]
-
-
-def newest_run(task: str, families: tuple[str, ...]) -> str | None:
-    import mlflow
-
-    from train import tracking
-
-    tracking.setup()
-    if mlflow.get_experiment_by_name(f"tagger-{task}") is None:
-        return None
-    runs = mlflow.search_runs(
-        experiment_names=[f"tagger-{task}"],
-        order_by=["start_time DESC"],
-        filter_string="attributes.status = 'FINISHED'",
-    )
-    runs = runs[runs.get("tags.model_family").isin(families)]
-    if "params.model.params.max_steps" in runs:
-        runs = runs[runs["params.model.params.max_steps"].fillna("None") == "None"]
-    return None if runs.empty else runs.iloc[0]["run_id"]
 
 
 def start_tagger(topic_run: str, stance_run: str, env: dict) -> Server:
@@ -250,7 +230,10 @@ def main() -> None:
         results["transformer"] = bench_model(transformer_topic, tfidf_stance, args.requests // 4, args.concurrency)
     else:
         results["transformer"] = {"skipped": "no full transformer topic run: run make demo-full first"}
-    results["memory_tfidf"] = memory_growth(tfidf_topic, tfidf_stance)
+    try:
+        results["memory_tfidf"] = memory_growth(tfidf_topic, tfidf_stance)
+    except (httpx.HTTPError, RuntimeError) as exc:
+        results["memory_tfidf"] = {"error": str(exc)[-800:]}
     write_results(results, Path(args.output))
 
 

@@ -59,6 +59,53 @@ def _is_loopback(host: str | None) -> bool:
         return host == "localhost"
 
 
+class BodyLimit:
+    """Pure ASGI middleware: 413 for bodies over the limit, 422 for bodies that are not UTF-8.
+
+    It buffers the (bounded) body once and replays it, without the overhead of ``BaseHTTPMiddleware``.
+    """
+
+    def __init__(self, app, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await self._reply(send, 413, f"request body over {self.max_body_bytes} bytes")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return await self._reply(send, 413, f"request body over {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return await self._reply(send, 422, f"request body is not valid UTF-8 (byte {exc.start})")
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _reply(send, status: int, detail: str) -> None:
+        await JSONResponse({"detail": detail}, status_code=status)({"type": "http"}, None, send)
+
+
 def create_app(
     load: Callable[[], Tagger],
     *,
@@ -71,20 +118,7 @@ def create_app(
     reload_lock = threading.Lock()
     app = FastAPI(title="tagger", version="1", description="Topic and stance tagging of news sentences.")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body_bytes:
-            return JSONResponse({"detail": f"request body over {max_body_bytes} bytes"}, status_code=413)
-        if request.method == "POST":
-            body = await request.body()
-            if len(body) > max_body_bytes:
-                return JSONResponse({"detail": f"request body over {max_body_bytes} bytes"}, status_code=413)
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                return JSONResponse({"detail": f"request body is not valid UTF-8 (byte {exc.start})"}, status_code=422)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
 
     @app.get("/healthz")
     def healthz() -> dict:
