@@ -142,7 +142,9 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "runs", "split-seeds"])
+@pytest.mark.parametrize(
+    "command", ["train", "evaluate", "predict", "runs", "split-seeds", "promote", "tag", "export", "serve"]
+)
 def test_help_everywhere(command):
     assert "Usage" in run_cli(command, "--help").output
 
