@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from train.batching import MicroBatcher
 from train.errors import TaggerError
 from train.tagging import DEFAULT_TARGET, Tagger
 
@@ -115,8 +116,14 @@ def create_app(
 ) -> FastAPI:
     """Build the app; ``load`` is called now (start-up errors surface before serving) and on reload."""
     state = {"tagger": load()}
+    batcher = MicroBatcher(lambda: state["tagger"])
     reload_lock = threading.Lock()
-    app = FastAPI(title="tagger", version="1", description="Topic and stance tagging of news sentences.")
+    app = FastAPI(
+        title="tagger",
+        version="1",
+        description="Topic and stance tagging of news sentences.",
+        on_shutdown=[batcher.close],
+    )
 
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
 
@@ -140,23 +147,19 @@ def create_app(
         }
 
     @app.post("/v1/tag")
-    def tag(request: TagRequest) -> dict:
-        tagger = state["tagger"]  # a reload swaps the reference; this request keeps its models
+    async def tag(request: TagRequest) -> dict:
         target = request.target.strip() if request.target else default_target
         if request.sentences is not None:
-            if len(request.sentences) > max_sentences:
-                raise HTTPException(413, f"{len(request.sentences)} sentences; at most {max_sentences} per request")
-            results = tagger.tag_sentences([{"text": s} for s in request.sentences], target)
+            sentences = [{"text": s} for s in request.sentences]
         else:
             from train.sentences import split_text
 
-            sentences, _ = split_text(request.text, "request")
-            if len(sentences) > max_sentences:
-                raise HTTPException(413, f"{len(sentences)} sentences; at most {max_sentences} per request")
-            results = tagger.tag_sentences(
-                [{"text": s.text, "start": s.start, "end": s.end} for s in sentences], target
-            )
-        return {"target": target, "models": tagger.versions, "sentences": results}
+            split, _ = await run_in_threadpool(split_text, request.text, "request")
+            sentences = [{"text": s.text, "start": s.start, "end": s.end} for s in split]
+        if len(sentences) > max_sentences:
+            raise HTTPException(413, f"{len(sentences)} sentences; at most {max_sentences} per request")
+        results, versions = await batcher.tag(sentences, target)
+        return {"target": target, "models": versions, "sentences": results}
 
     @app.post("/v1/admin/reload")
     async def reload(request: Request) -> dict:

@@ -62,11 +62,14 @@ class Tagger:
             models["topic"], models["stance"], {"topic": _version_of(topic_uri), "stance": _version_of(stance_uri)}
         )
 
-    def tag_sentences(self, sentences: list[dict], target: str) -> list[dict]:
-        """``sentences``: dicts with ``text`` (and optional ``start``/``end``); returns one result each."""
+    def tag_sentences(self, sentences: list[dict], target: str | None) -> list[dict]:
+        """``sentences``: dicts with ``text`` (optional ``start``/``end``, and a ``target`` that overrides
+        ``target``); returns one result each."""
         if not sentences:
             return []
-        frame = pd.DataFrame({"text": [s["text"] for s in sentences], "target": target})
+        frame = pd.DataFrame(
+            {"text": [s["text"] for s in sentences], "target": [s.get("target") or target for s in sentences]}
+        )
         topic_scores = self.topic.predict_proba(frame)
         stance_scores = self.stance.predict_proba(frame)
         topics = self.topic.decide(topic_scores)
