@@ -202,3 +202,28 @@ def test_serve_without_champion_fails_at_start_up(tmp_path):
     assert proc.returncode == 2
     assert "run 'tagger promote --task topic' first" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_concurrent_requests_get_their_own_results(server):
+    """Micro-batching coalesces concurrent requests; each must still get exactly its own sentences back."""
+    import asyncio
+
+    async def send_all():
+        async with httpx.AsyncClient(timeout=60) as client:
+            bodies = [
+                {
+                    "sentences": [f"Request {i} sentence {j} about gas exports." for j in range(i % 4 + 1)],
+                    "target": f"closer A{i}–B{i} ties",
+                }
+                for i in range(24)
+            ]
+            responses = await asyncio.gather(*(client.post(f"{server}/v1/tag", json=b) for b in bodies))
+            return bodies, responses
+
+    bodies, responses = asyncio.run(send_all())
+    for body, response in zip(bodies, responses, strict=True):
+        assert response.status_code == 200
+        data = response.json()
+        assert data["target"] == body["target"]
+        assert [s["text"] for s in data["sentences"]] == body["sentences"]
+        assert [s["index"] for s in data["sentences"]] == list(range(len(body["sentences"])))
