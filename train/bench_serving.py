@@ -83,48 +83,47 @@ def summarise(latencies: list[float], errors: int, seconds: float) -> dict:
     }
 
 
+class Tally:
+    """Latencies of successful requests and a count of failed ones."""
+
+    def __init__(self):
+        self.latencies: list[float] = []
+        self.errors = 0
+
+    async def post(self, client: httpx.AsyncClient, url: str, body: dict) -> None:
+        start = time.perf_counter()
+        response = await client.post(url, json=body)
+        if response.status_code == 200:
+            self.latencies.append(time.perf_counter() - start)
+        else:
+            self.errors += 1
+
+
 async def closed_loop(url: str, bodies: list[dict], concurrency: int) -> dict:
     """``concurrency`` clients send the bodies back to back; bounded by len(bodies)."""
-    latencies, errors, queue = [], 0, list(bodies)
+    tally, queue = Tally(), list(bodies)
     async with httpx.AsyncClient(timeout=60) as client:
 
         async def worker():
-            nonlocal errors
             while queue:
-                body = queue.pop()
-                start = time.perf_counter()
-                r = await client.post(url, json=body)
-                if r.status_code == 200:
-                    latencies.append(time.perf_counter() - start)
-                else:
-                    errors += 1
+                await tally.post(client, url, queue.pop())
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summarise(latencies, errors, time.perf_counter() - start)
+    return summarise(tally.latencies, tally.errors, time.perf_counter() - start)
 
 
 async def open_loop(url: str, bodies: list[dict], rate: float) -> dict:
     """Requests sent at a fixed rate whatever the answers (latency as a caller sees it)."""
-    latencies, errors = [], 0
+    tally = Tally()
     async with httpx.AsyncClient(timeout=60) as client:
-
-        async def one(body):
-            nonlocal errors
-            start = time.perf_counter()
-            r = await client.post(url, json=body)
-            if r.status_code == 200:
-                latencies.append(time.perf_counter() - start)
-            else:
-                errors += 1
-
         start = time.perf_counter()
         tasks = []
         for i, body in enumerate(bodies):
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-            tasks.append(asyncio.create_task(one(body)))
+            tasks.append(asyncio.create_task(tally.post(client, url, body)))
         await asyncio.gather(*tasks)
-    return summarise(latencies, errors, time.perf_counter() - start)
+    return summarise(tally.latencies, tally.errors, time.perf_counter() - start)
 
 
 def tagger_bodies(n: int, size: int) -> list[dict]:
