@@ -32,24 +32,18 @@ def test_set_override_parses_yaml_values():
     assert "C: 0.25" in dump_config(config)
 
 
-def test_unknown_key_suggests_closest():
-    with pytest.raises(TaggerError, match=r"unknown key 'split.dev_fractoin'; did you mean 'dev_fraction'"):
-        load_config(ROOT / "configs/topic/tfidf_logreg.yaml", ["split.dev_fractoin=0.3"])
-
-
-def test_unknown_model_param_suggests_closest():
-    with pytest.raises(TaggerError, match=r"unknown key 'model.params.min_dff'; did you mean 'min_df'"):
-        load_config(ROOT / "configs/topic/tfidf_logreg.yaml", ["model.params.min_dff=2"])
-
-
-def test_wrong_type_names_the_path():
-    with pytest.raises(TaggerError, match=r"'split.dev_fraction'"):
-        load_config(ROOT / "configs/topic/tfidf_logreg.yaml", ["split.dev_fraction=lots"])
-
-
-def test_unknown_family_suggests_registered_name():
-    with pytest.raises(TaggerError, match=r"unknown family 'tfidf_lr'; did you mean 'tfidf_logreg'"):
-        load_config(ROOT / "configs/topic/tfidf_logreg.yaml", ["model.family=tfidf_lr"])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("split.dev_fractoin=0.3", r"unknown key 'split.dev_fractoin'; did you mean 'dev_fraction'"),
+        ("model.params.min_dff=2", r"unknown key 'model.params.min_dff'; did you mean 'min_df'"),
+        ("split.dev_fraction=lots", r"'split.dev_fraction'"),
+        ("model.family=tfidf_lr", r"unknown family 'tfidf_lr'; did you mean 'tfidf_logreg'"),
+    ],
+)
+def test_bad_config_values_are_named_with_a_suggestion(override, message):
+    with pytest.raises(TaggerError, match=message):
+        load_config(ROOT / "configs/topic/tfidf_logreg.yaml", [override])
 
 
 def test_bad_override_syntax():

@@ -74,19 +74,14 @@ def _throughput(predict, sentences, repeats: int = 3) -> float:
 
 def finished_runs(task: str):
     """The task's finished runs, newest first (None when there are none)."""
-    import mlflow
+    from train.errors import TaggerError
+    from train.runs import finished_runs as fetch
 
-    from train import tracking
-
-    tracking.setup()
-    if mlflow.get_experiment_by_name(f"tagger-{task}") is None:
+    try:
+        runs = fetch(f"tagger-{task}", task)
+    except TaggerError:
         return None
-    runs = mlflow.search_runs(
-        experiment_names=[f"tagger-{task}"],
-        order_by=["start_time DESC"],
-        filter_string="attributes.status = 'FINISHED'",
-    )
-    return None if runs.empty else runs
+    return None if runs.empty else runs.sort_values("start_time", ascending=False)
 
 
 def newest_run(task: str, families: tuple[str, ...]) -> str | None:

@@ -64,22 +64,25 @@ def train(config_path: str, overrides: tuple[str, ...]) -> None:
     click.echo(run_id)
 
 
-def _read_inputs(source: str, target: str | None) -> list[dict]:
-    """JSON Lines objects with ``text`` (and ``target``), or plain lines of text."""
+def _read_source(source: str) -> tuple[str, str]:
+    """Text of a file (or stdin for '-') and its display name; clear errors for missing or non-UTF-8 input."""
     if source == "-":
-        raw = sys.stdin.buffer.read()
-        name = "<stdin>"
+        raw, name = sys.stdin.buffer.read(), "<stdin>"
     else:
         path = Path(source)
         if not path.is_file():
             raise TaggerError(f"{source}: file not found")
-        raw = path.read_bytes()
-        name = source
+        raw, name = path.read_bytes(), source
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8"), name
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise TaggerError(f"{name} line {line}: not valid UTF-8") from None
+
+
+def _read_inputs(source: str, target: str | None) -> list[dict]:
+    """JSON Lines objects with ``text`` (and ``target``), or plain lines of text."""
+    text, name = _read_source(source)
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -255,15 +258,7 @@ def tag(text, source, target, topic_model, stance_model, as_json) -> None:
     if (text is None) == (source is None):
         raise TaggerError("give the text as an argument or with --input FILE, not both")
     if source is not None:
-        raw = (
-            sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes() if Path(source).is_file() else None
-        )
-        if raw is None:
-            raise TaggerError(f"{source}: file not found")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise TaggerError(f"{source}: not valid UTF-8") from None
+        text, _ = _read_source(source)
     if not text.strip():
         raise TaggerError("the text is empty")
     if target is not None and not target.strip():

@@ -47,9 +47,13 @@ def find_leaks(train_texts: list[str], eval_texts: list[str], threshold: float =
     union = size_a + size_b - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         jaccard = np.where(union > 0, inter / union, 0.0)
-    exact = np.array([[x == y for y in b] for x in a]) if len(a) * len(b) <= 4_000_000 else None
-    if exact is not None:
-        jaccard = np.where(exact, 1.0, jaccard)
+    # identical normalised texts too short to have any 5-gram still count as leaks
+    positions: dict[str, list[int]] = {}
+    for j, text in enumerate(b):
+        positions.setdefault(text, []).append(j)
+    for i, text in enumerate(a):
+        for j in positions.get(text, ()):
+            jaccard[i, j] = 1.0
     rows, cols = np.nonzero(jaccard >= threshold)
     return [
         Leak(int(i), int(j), float(jaccard[i, j]), train_texts[i], eval_texts[j])

@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from train import tracking
 from train.errors import TaggerError
+from train.runs import finished_runs, rank
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
@@ -48,11 +49,7 @@ class Choice:
 
 def choose(task: str, metric: str = "seeds/f1_macro") -> Choice:
     """The best finished run of ``task`` that logged a model, by ``metric``."""
-    tracking.setup()
-    experiment = f"tagger-{task}"
-    if mlflow.get_experiment_by_name(experiment) is None:
-        raise TaggerError(f"no experiment '{experiment}' in {mlflow.get_tracking_uri()}; train a {task} config first")
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="attributes.status = 'FINISHED'")
+    runs = finished_runs(f"tagger-{task}", task)
     column = f"metrics.{metric}"
     if runs.empty or column not in runs.columns:
         raise TaggerError(f"no finished {task} run logged the metric '{metric}'")
@@ -61,9 +58,7 @@ def choose(task: str, metric: str = "seeds/f1_macro") -> Choice:
         runs = runs[runs["params.tracking.log_model"] != "False"]
     if runs.empty:
         raise TaggerError(f"no finished {task} run with a logged model has the metric '{metric}'")
-    if "metrics.dev/f1_macro" not in runs.columns:
-        runs["metrics.dev/f1_macro"] = float("nan")
-    runs = runs.sort_values([column, "metrics.dev/f1_macro", "start_time"], ascending=False, na_position="last")
+    runs = rank(runs, metric)
     runner_up = runs.iloc[1] if len(runs) > 1 else None
     return Choice(task, metric, runs.iloc[0], runner_up)
 
@@ -137,7 +132,9 @@ def register_bundle() -> str | None:
         example = pd.DataFrame(
             {"text": ["Both ministers signed a gas supply agreement."], "target": ["closer Iran–Iraq ties"]}
         )
-        with mlflow.start_run(run_name="tagger-bundle", experiment_id=_bundle_experiment()) as run:
+        with mlflow.start_run(
+            run_name="tagger-bundle", experiment_id=tracking.ensure_experiment("tagger-bundle")
+        ) as run:
             mlflow.set_tags({f"{task}_version": v.version for task, v in versions.items()})
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -161,16 +158,3 @@ def register_bundle() -> str | None:
             pass
         client.set_registered_model_alias(BUNDLE, CHAMPION, version.version)
         return version.version
-
-
-def _bundle_experiment() -> str:
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name("tagger-bundle")
-    if experiment is not None:
-        return experiment.experiment_id
-    location = (
-        (tracking.home() / "mlartifacts").resolve().as_uri()
-        if mlflow.get_tracking_uri().startswith("sqlite:")
-        else None
-    )
-    return client.create_experiment("tagger-bundle", artifact_location=location)

@@ -9,20 +9,34 @@ from train import tracking
 from train.errors import TaggerError
 
 
+def finished_runs(experiment: str, task: str) -> pd.DataFrame:
+    """Finished runs of an experiment; a clear error when the experiment does not exist."""
+    tracking.setup()
+    if mlflow.get_experiment_by_name(experiment) is None:
+        raise TaggerError(f"no experiment '{experiment}' in {mlflow.get_tracking_uri()}; train a {task} config first")
+    return mlflow.search_runs(experiment_names=[experiment], filter_string="attributes.status = 'FINISHED'")
+
+
+def rank(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Best first by ``metric``; ties go to higher dev macro F1, then to the newer run."""
+    runs = runs.copy()
+    if "metrics.dev/f1_macro" not in runs.columns:
+        runs["metrics.dev/f1_macro"] = float("nan")
+    return runs.sort_values(
+        [f"metrics.{metric}", "metrics.dev/f1_macro", "start_time"], ascending=False, na_position="last"
+    )
+
+
 def list_runs(task: str, metric: str, experiment: str | None = None, limit: int = 20) -> pd.DataFrame:
     """Finished runs of a task, best first by ``metric`` (then dev macro F1, then newest)."""
-    tracking.setup()
-    name = experiment or f"tagger-{task}"
-    if mlflow.get_experiment_by_name(name) is None:
-        raise TaggerError(f"no experiment '{name}' in {mlflow.get_tracking_uri()}; train a {task} config first")
-    frame = mlflow.search_runs(experiment_names=[name], filter_string="attributes.status = 'FINISHED'")
+    frame = finished_runs(experiment or f"tagger-{task}", task)
     if frame.empty:
         return pd.DataFrame(columns=["run_id", "run_name", "family", metric])
     column = f"metrics.{metric}"
     if column not in frame.columns:
         known = sorted(c.removeprefix("metrics.") for c in frame.columns if c.startswith("metrics."))
         raise TaggerError(f"no run logged metric '{metric}'; known metrics include: {', '.join(known[:12])}")
-    frame = frame.sort_values([column, "metrics.dev/f1_macro", "start_time"], ascending=False, na_position="last")
+    frame = rank(frame, metric)
     shown = {
         "run_id": frame["run_id"],
         "run_name": frame.get("tags.mlflow.runName"),
@@ -36,7 +50,7 @@ def list_runs(task: str, metric: str, experiment: str | None = None, limit: int 
                 strict=True,
             )
         ],
-        "dev/f1_macro": frame.get("metrics.dev/f1_macro", pd.Series(dtype=float)).round(4),
+        "dev/f1_macro": frame["metrics.dev/f1_macro"].round(4),
         "started": frame["start_time"].dt.strftime("%Y-%m-%d %H:%M"),
     }
     return pd.DataFrame(shown).head(limit).reset_index(drop=True)

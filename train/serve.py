@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from train.batching import MicroBatcher
 from train.errors import TaggerError
-from train.tagging import DEFAULT_TARGET, Tagger
+from train.tagging import DEFAULT_TARGET, Tagger, sentence_dicts
 
 log = logging.getLogger("tagger")
 
@@ -152,10 +152,7 @@ def create_app(
         if request.sentences is not None:
             sentences = [{"text": s} for s in request.sentences]
         else:
-            from train.sentences import split_text
-
-            split, _ = await run_in_threadpool(split_text, request.text, "request")
-            sentences = [{"text": s.text, "start": s.start, "end": s.end} for s in split]
+            sentences = await run_in_threadpool(sentence_dicts, request.text)
         if len(sentences) > max_sentences:
             raise HTTPException(413, f"{len(sentences)} sentences; at most {max_sentences} per request")
         results, versions = await batcher.tag(sentences, target)

@@ -95,8 +95,13 @@ class Tagger:
         return results
 
     def tag_text(self, text: str, target: str) -> list[dict]:
-        sentences, _ = split_text(text, "input")
-        return self.tag_sentences([{"text": s.text, "start": s.start, "end": s.end} for s in sentences], target)
+        return self.tag_sentences(sentence_dicts(text), target)
+
+
+def sentence_dicts(text: str) -> list[dict]:
+    """Split ``text`` into the ``{"text", "start", "end"}`` dicts that ``Tagger.tag_sentences`` takes."""
+    sentences, _ = split_text(text, "input")
+    return [{"text": s.text, "start": s.start, "end": s.end} for s in sentences]
 
 
 class TaggerBundle(mlflow.pyfunc.PythonModel):

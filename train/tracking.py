@@ -58,12 +58,20 @@ def setup(configured_uri: str | None = None, experiment: str | None = None) -> s
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if experiment:
-        client = mlflow.MlflowClient()
-        if client.get_experiment_by_name(experiment) is None:
-            location = (home() / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-            client.create_experiment(experiment, artifact_location=location)
+        ensure_experiment(experiment)
         mlflow.set_experiment(experiment)
     return uri
+
+
+def ensure_experiment(name: str) -> str:
+    """Id of experiment ``name``, created if missing (embedded store: artifacts under ``mlartifacts/``)."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    embedded = mlflow.get_tracking_uri().startswith("sqlite:")
+    location = (home() / "mlartifacts").resolve().as_uri() if embedded else None
+    return client.create_experiment(name, artifact_location=location)
 
 
 def git_commit() -> tuple[str, bool]:
