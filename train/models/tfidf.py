@@ -22,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
 from train.models.base import TextClassifier, mask_actors
+from train.models.linear_scoring import CompiledPipeline
 from train.registry import model_families
 
 
@@ -51,14 +52,14 @@ class TfidfClassifier(TextClassifier):
         super().__init__(task_type, labels, seed)
         self.params = self.Params(**params).model_dump()
 
-    def _inputs(self, X: pd.DataFrame) -> pd.DataFrame:
-        frame = pd.DataFrame({"text": X["text"].astype(str)})
+    def _inputs(self, X: pd.DataFrame) -> dict[str, list[str]]:
+        """The columns the features read: ``text`` (actors masked if asked) and ``target`` ("" if none)."""
+        texts = [str(t) for t in X["text"]]
         has_target = "target" in X.columns and X["target"].notna().any()
-        targets = X["target"].fillna("").astype(str) if has_target else pd.Series([""] * len(X))
+        targets = [str(t) for t in X["target"].fillna("")] if has_target else [""] * len(texts)
         if self.params["mask_target_actors"] and has_target:
-            frame["text"] = [mask_actors(t, g) for t, g in zip(frame["text"], targets, strict=True)]
-        frame["target"] = targets.values
-        return frame
+            texts = [mask_actors(t, g) for t, g in zip(texts, targets, strict=True)]
+        return {"text": texts, "target": targets}
 
     def _features(self) -> ColumnTransformer:
         p = self.params
@@ -98,8 +99,8 @@ class TfidfClassifier(TextClassifier):
         raise NotImplementedError
 
     def _fit(self, X, Y, X_dev, Y_dev) -> None:
-        inputs = self._inputs(X)
-        if self.params["use_target"] and not self.multilabel and not inputs["target"].str.strip().any():
+        inputs = pd.DataFrame(self._inputs(X))
+        if self.params["use_target"] and not self.multilabel and not any(t.strip() for t in inputs["target"]):
             # no targets in the data: drop the empty target block rather than fail on an empty vocabulary
             self.params = {**self.params, "use_target": False}
         classifier = self._classifier()
@@ -107,9 +108,19 @@ class TfidfClassifier(TextClassifier):
             classifier = OneVsRestClassifier(classifier)
         self.pipeline_ = Pipeline([("features", self._features()), ("classifier", classifier)])
         self.pipeline_.fit(inputs, Y)
+        self.__dict__.pop("compiled_", None)
 
     def _scores(self, X: pd.DataFrame) -> np.ndarray:
-        return self.pipeline_.predict_proba(self._inputs(X))
+        compiled = self.__dict__.get("compiled_")
+        if compiled is None:
+            compiled = self.compiled_ = CompiledPipeline.compile(self.pipeline_) or False
+        if compiled is False:
+            return self.pipeline_.predict_proba(pd.DataFrame(self._inputs(X)))
+        return compiled.predict_proba(self._inputs(X))
+
+    def __getstate__(self) -> dict:
+        # the compiled scorer is rebuilt from the fitted pipeline on first use; it is not saved
+        return {k: v for k, v in self.__dict__.items() if k != "compiled_"}
 
 
 @model_families.register("tfidf_logreg")
