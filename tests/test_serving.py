@@ -175,7 +175,13 @@ def test_tag_endpoint(server):
         ({"content": b"not json", "headers": {"content-type": "application/json"}}, 422, "JSON"),
         ({"content": b'{"text": "caf\xe9"}', "headers": {"content-type": "application/json"}}, 422, "not valid UTF-8"),
         ({"json": {"sentences": ["One."] * 51}}, 413, "at most 50"),
+        ({"json": {"sentences": ["One."] * 10_000}}, 413, "10000 sentences; at most 50"),
         ({"json": {"text": "x" * 200_000}}, 413, "over 100000 bytes"),
+        (
+            {"content": b'{"text": "' + b"x" * 10_000_000 + b'"}', "headers": {"content-type": "application/json"}},
+            413,
+            "over 100000 bytes",
+        ),
     ],
 )
 def test_bad_input_is_refused_and_server_keeps_serving(server, kwargs, status, message):
@@ -190,18 +196,33 @@ def test_reload_swaps_models(server):
     assert r.status_code == 200 and r.json()["status"] == "reloaded"
 
 
-def test_serve_without_champion_fails_at_start_up(tmp_path):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty.db'}", "TAGGER_HOME": str(tmp_path)}
+@pytest.mark.parametrize(
+    ("store", "args", "message"),
+    [
+        ("empty", [], "run 'tagger promote --task topic' first"),
+        ("empty", ["--topic-model", "runs:/0123456789abcdef0123456789abcdef/model"], "cannot load"),
+        ("empty", ["--topic-model", "{tmp_path}"], "not an MLflow model folder (no MLmodel file)"),
+        ("empty", ["--stance-model", "nonsense"], "not a run id, models:/ or runs:/ URI, or a model folder"),
+        ("http://127.0.0.1:{port}", [], "tracking store http://127.0.0.1:{port} cannot be reached"),
+        ("postgresql://tagger:secret@127.0.0.1:{port}/mlflow", [], "postgresql://tagger:***@127.0.0.1:{port}/mlflow"),
+    ],
+)
+def test_serve_start_up_errors_are_one_clear_line(tmp_path, store, args, message):
+    """No champion, a missing or broken model URI, an unreachable store: exit 2 with the reason, no traceback."""
+    port = free_port()  # nothing listens there
+    store_uri = f"sqlite:///{tmp_path / 'empty.db'}" if store == "empty" else store.format(port=port)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri, "TAGGER_HOME": str(tmp_path)}
+    args = [a.format(tmp_path=tmp_path) for a in args]
     proc = subprocess.run(
-        [sys.executable, "-m", "train.cli", "serve", "--port", str(free_port())],
+        [sys.executable, "-m", "train.cli", "serve", "--port", str(free_port()), *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 2
-    assert "run 'tagger promote --task topic' first" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert message.format(port=port) in proc.stderr
+    assert "Traceback" not in proc.stderr and "secret" not in proc.stderr
 
 
 def test_concurrent_requests_get_their_own_results(server):

@@ -84,15 +84,31 @@ def finished_runs(task: str):
     return None if runs.empty else runs.sort_values("start_time", ascending=False)
 
 
-def newest_run(task: str, families: tuple[str, ...]) -> str | None:
-    """Newest finished run of one of ``families`` that trained fully (not a step-capped test run)."""
+def _full_runs(task: str, families: tuple[str, ...]):
+    """Finished runs of ``families`` that trained fully (not step-capped test runs), newest first."""
     runs = finished_runs(task)
     if runs is None:
         return None
     runs = runs[runs["tags.model_family"].isin(families)]
     if "params.model.params.max_steps" in runs:
         runs = runs[runs["params.model.params.max_steps"].fillna("None") == "None"]
-    return None if runs.empty else runs.iloc[0]["run_id"]
+    return None if runs.empty else runs
+
+
+def newest_run(task: str, families: tuple[str, ...]) -> str | None:
+    """Newest fully trained finished run of one of ``families``."""
+    runs = _full_runs(task, families)
+    return None if runs is None else runs.iloc[0]["run_id"]
+
+
+def best_run(task: str, families: tuple[str, ...], metric: str = "seeds/f1_macro") -> str | None:
+    """The run ``tagger promote`` would choose among ``families``: best by ``metric``, then dev, then newest."""
+    from train.runs import rank
+
+    runs = _full_runs(task, families)
+    if runs is None or f"metrics.{metric}" not in runs:
+        return None
+    return rank(runs, metric).iloc[0]["run_id"]
 
 
 def fine_tune_times() -> list[dict]:

@@ -1,8 +1,11 @@
 """Bounded load test of the tagging service on loopback, beside ``mlflow models serve`` on the same model.
 
-For the newest TF-IDF and transformer topic runs in the store: throughput and p50/p95/p99 latency
-for one-sentence and 20-sentence requests at fixed concurrency, an open-loop run at 50 requests/s,
-and the server's memory after 1,000 and after 10,000 requests. Every loop is bounded in count and
+The models are the best TF-IDF topic and stance runs in the store (as ``tagger promote`` ranks them),
+then the best fine-tuned transformer topic run with the same stance run. ``tagger serve`` is given
+both runs; ``mlflow models serve`` gets the same two models as one topic + stance pyfunc (the
+``tagger`` bundle), so both servers do the same work per request. Measured: throughput and
+p50/p95/p99 latency for one-sentence and 20-sentence requests at fixed concurrency, an open-loop
+run at 50 requests/s, and the server's memory after 1,000 and after 10,000 requests. Every loop is bounded in count and
 time and only talks to 127.0.0.1. Run through ``make bench`` (writes ``bench/serving.json``).
 """
 
@@ -22,11 +25,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from train.bench import newest_run, write_results
+from train.bench import best_run, write_results
 from train.cli import quiet_libraries
 from train.config import PROJECT_ROOT
+from train.tagging import DEFAULT_TARGET
 
 SENTENCES = [json.loads(line)["text"] for line in (PROJECT_ROOT / "data/train/news_sentences.jsonl").open()][:400]
+
+
+TFIDF = ("tfidf_logreg", "tfidf_svm")
 
 
 def free_port() -> int:
@@ -86,16 +93,18 @@ class Server:
             self.proc.kill()
 
 
-def summarise(latencies: list[float], errors: int, seconds: float) -> dict:
-    ms = np.array(latencies) * 1000
-    return {
-        "requests": len(latencies) + errors,
-        "errors": errors,
-        "throughput_rps": round(len(latencies) / seconds, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p95_ms": round(float(np.percentile(ms, 95)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+def summarise(tally: Tally, seconds: float) -> dict:
+    ms = np.array(tally.latencies) * 1000
+    summary = {
+        "requests": len(ms) + tally.errors,
+        "errors": tally.errors,
+        "throughput_rps": round(len(ms) / seconds, 1),
     }
+    for q in (50, 95, 99):
+        summary[f"p{q}_ms"] = round(float(np.percentile(ms, q)), 2) if len(ms) else None
+    if tally.first_error:
+        summary["first_error"] = tally.first_error
+    return summary
 
 
 class Tally:
@@ -104,6 +113,7 @@ class Tally:
     def __init__(self):
         self.latencies: list[float] = []
         self.errors = 0
+        self.first_error: str | None = None
 
     async def post(self, client: httpx.AsyncClient, url: str, body: dict) -> None:
         start = time.perf_counter()
@@ -112,6 +122,7 @@ class Tally:
             self.latencies.append(time.perf_counter() - start)
         else:
             self.errors += 1
+            self.first_error = self.first_error or f"{response.status_code}: {response.text[:300]}"
 
 
 async def closed_loop(url: str, bodies: list[dict], concurrency: int) -> dict:
@@ -125,7 +136,7 @@ async def closed_loop(url: str, bodies: list[dict], concurrency: int) -> dict:
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summarise(tally.latencies, tally.errors, time.perf_counter() - start)
+    return summarise(tally, time.perf_counter() - start)
 
 
 async def open_loop(url: str, bodies: list[dict], rate: float) -> dict:
@@ -138,7 +149,7 @@ async def open_loop(url: str, bodies: list[dict], rate: float) -> dict:
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
             tasks.append(asyncio.create_task(tally.post(client, url, body)))
         await asyncio.gather(*tasks)
-    return summarise(tally.latencies, tally.errors, time.perf_counter() - start)
+    return summarise(tally, time.perf_counter() - start)
 
 
 def tagger_bodies(n: int, size: int) -> list[dict]:
@@ -146,7 +157,11 @@ def tagger_bodies(n: int, size: int) -> list[dict]:
 
 
 def mlflow_bodies(n: int, size: int) -> list[dict]:
-    return [{"dataframe_records": [{"text": s} for s in b["sentences"]]} for b in tagger_bodies(n, size)]
+    """The same sentences for ``/invocations``, with the default target that ``tagger serve`` fills in."""
+    return [
+        {"dataframe_records": [{"text": s, "target": DEFAULT_TARGET} for s in b["sentences"]]}
+        for b in tagger_bodies(n, size)
+    ]
 
 
 def start_tagger(topic_run: str, stance_run: str, env: dict) -> Server:
@@ -164,46 +179,57 @@ def start_tagger(topic_run: str, stance_run: str, env: dict) -> Server:
     return Server(command, "/readyz", env)
 
 
+def save_bundle(topic_run: str, stance_run: str, folder: Path) -> Path:
+    """The two runs' models as one topic + stance pyfunc (what ``tagger`` registers), for ``mlflow models serve``."""
+    import mlflow
+
+    from train.promote import bundle_model_arguments, classifier_folder
+
+    folders = {
+        task: classifier_folder(f"runs:/{run}/model", str(folder / task))
+        for task, run in (("topic", topic_run), ("stance", stance_run))
+    }
+    path = folder / "bundle"
+    mlflow.pyfunc.save_model(str(path), **bundle_model_arguments(folders))
+    return path
+
+
+def load_shapes(url: str, bodies, requests: int, concurrency: int) -> dict:
+    """Open loop at 50 requests/s, then one-sentence and 20-sentence requests at fixed concurrency."""
+    asyncio.run(closed_loop(url, bodies(50, 1), 2))  # warm-up
+    return {
+        "one_sentence_at_50_rps": asyncio.run(open_loop(url, bodies(500, 1), 50.0)),
+        "one_sentence": asyncio.run(closed_loop(url, bodies(requests, 1), concurrency)),
+        "twenty_sentences": asyncio.run(closed_loop(url, bodies(max(20, requests // 4), 20), concurrency)),
+    }
+
+
 def bench_model(topic_run: str, stance_run: str, requests: int, concurrency: int) -> dict:
+    """``tagger serve`` and ``mlflow models serve`` on the same topic + stance models, one after the other."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     results: dict = {"topic_run": topic_run, "stance_run": stance_run}
     tagger = start_tagger(topic_run, stance_run, env)
     try:
-        url = tagger.base + "/v1/tag"
-        asyncio.run(closed_loop(url, tagger_bodies(50, 1), 2))  # warm-up
-        results["tagger_serve"] = {
-            "one_sentence_at_50_rps": asyncio.run(open_loop(url, tagger_bodies(500, 1), 50.0)),
-            "one_sentence": asyncio.run(closed_loop(url, tagger_bodies(requests, 1), concurrency)),
-            "twenty_sentences": asyncio.run(closed_loop(url, tagger_bodies(max(20, requests // 10), 20), concurrency)),
-        }
+        results["tagger_serve"] = load_shapes(tagger.base + "/v1/tag", tagger_bodies, requests, concurrency)
     finally:
         tagger.stop()
-    mlflow_server = Server(
-        [
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            f"runs:/{topic_run}/model",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-        ],
-        "/ping",
-        env,
-    )
-    try:
-        url = mlflow_server.base + "/invocations"
-        results["mlflow_models_serve_topic_only"] = {
-            "one_sentence": asyncio.run(closed_loop(url, mlflow_bodies(requests, 1), concurrency)),
-            "twenty_sentences": asyncio.run(closed_loop(url, mlflow_bodies(max(20, requests // 10), 20), concurrency)),
-        }
-    finally:
-        mlflow_server.stop()
-    ours = results["tagger_serve"]["one_sentence"]["throughput_rps"]
-    theirs = results["mlflow_models_serve_topic_only"]["one_sentence"]["throughput_rps"]
-    results["one_sentence_throughput_vs_mlflow_serve"] = round(ours / theirs, 2)
+    with tempfile.TemporaryDirectory(prefix="tagger-bench-bundle-") as tmp:
+        bundle = save_bundle(topic_run, stance_run, Path(tmp))
+        command = ["mlflow", "models", "serve", "-m", str(bundle), "--env-manager", "local", "--host", "127.0.0.1"]
+        mlflow_server = Server(command, "/ping", env)
+        try:
+            results["mlflow_models_serve"] = load_shapes(
+                mlflow_server.base + "/invocations", mlflow_bodies, requests, concurrency
+            )
+        finally:
+            mlflow_server.stop()
+    results["throughput_vs_mlflow_serve"] = {
+        shape: round(
+            results["tagger_serve"][shape]["throughput_rps"] / results["mlflow_models_serve"][shape]["throughput_rps"],
+            2,
+        )
+        for shape in ("one_sentence", "twenty_sentences")
+    }
     return results
 
 
@@ -228,13 +254,19 @@ def memory_growth(topic_run: str, stance_run: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default="bench/serving.json")
-    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=2000,
+        help="One-sentence requests per server (a quarter as many 20-sentence ones).",
+    )
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     quiet_libraries()
     os.sched_setaffinity(0, CLIENT_CPUS)
-    tfidf_topic = newest_run("topic", ("tfidf_logreg", "tfidf_svm"))
-    tfidf_stance = newest_run("stance", ("tfidf_logreg", "tfidf_svm"))
+    # the runs 'tagger promote' would choose among each kind of model
+    tfidf_topic = best_run("topic", TFIDF)
+    tfidf_stance = best_run("stance", TFIDF)
     if not (tfidf_topic and tfidf_stance):
         raise SystemExit("no TF-IDF runs in the store: run make demo first")
     results = {
@@ -243,7 +275,7 @@ def main() -> None:
         "client_cpus": sorted(CLIENT_CPUS),
         "tfidf": bench_model(tfidf_topic, tfidf_stance, args.requests, args.concurrency),
     }
-    transformer_topic = newest_run("topic", ("transformer",))
+    transformer_topic = best_run("topic", ("transformer",))
     if transformer_topic:
         results["transformer"] = bench_model(transformer_topic, tfidf_stance, args.requests // 4, args.concurrency)
     else:

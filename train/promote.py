@@ -108,13 +108,39 @@ def promote(task: str, metric: str = "seeds/f1_macro", dry_run: bool = False) ->
 BUNDLE = "tagger"
 
 
+def bundle_model_arguments(folders: dict[str, str]) -> dict:
+    """What ``mlflow.pyfunc.log_model``/``save_model`` need for a topic + stance ``TaggerBundle``.
+
+    ``folders`` maps ``topic`` and ``stance`` to saved classifier folders (a model's ``artifacts/classifier``).
+    """
+    from pathlib import Path
+
+    from train.pipeline import pinned_requirements
+    from train.tagging import DEFAULT_TARGET, TaggerBundle
+
+    return {
+        "python_model": TaggerBundle(),
+        "artifacts": folders,
+        "code_paths": [str(Path(__file__).parent)],
+        "input_example": pd.DataFrame(
+            {"text": ["Both ministers signed a gas supply agreement."], "target": [DEFAULT_TARGET]}
+        ),
+        "pip_requirements": pinned_requirements(("torch", "transformers", "onnxruntime", "onnx")),
+    }
+
+
+def classifier_folder(model_uri: str, dst_path: str) -> str:
+    """Download a logged tagger model and return its saved classifier folder."""
+    from pathlib import Path
+
+    local = mlflow.artifacts.download_artifacts(model_uri, dst_path=dst_path)
+    return str(Path(local) / "artifacts" / "classifier")
+
+
 def register_bundle() -> str | None:
     """Register topic + stance champions as one pyfunc ``tagger`` (alias ``champion``); None if one is missing."""
     import tempfile
     from pathlib import Path
-
-    from train.pipeline import pinned_requirements
-    from train.tagging import TaggerBundle
 
     client = mlflow.MlflowClient()
     folders = {}
@@ -125,25 +151,12 @@ def register_bundle() -> str | None:
                 versions[task] = client.get_model_version_by_alias(registered_name(task), CHAMPION)
             except MlflowException:
                 return None
-            local = mlflow.artifacts.download_artifacts(
-                f"models:/{registered_name(task)}@{CHAMPION}", dst_path=str(Path(tmp) / task)
-            )
-            folders[task] = str(Path(local) / "artifacts" / "classifier")
-        example = pd.DataFrame(
-            {"text": ["Both ministers signed a gas supply agreement."], "target": ["closer Iran–Iraq ties"]}
-        )
+            folders[task] = classifier_folder(f"models:/{registered_name(task)}@{CHAMPION}", str(Path(tmp) / task))
         with mlflow.start_run(
             run_name="tagger-bundle", experiment_id=tracking.ensure_experiment("tagger-bundle")
         ) as run:
             mlflow.set_tags({f"{task}_version": v.version for task, v in versions.items()})
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=TaggerBundle(),
-                artifacts=folders,
-                code_paths=[str(Path(__file__).parent)],
-                input_example=example,
-                pip_requirements=pinned_requirements(("torch", "transformers", "onnxruntime", "onnx")),
-            )
+            info = mlflow.pyfunc.log_model(name="model", **bundle_model_arguments(folders))
         version = mlflow.register_model(info.model_uri, BUNDLE)
         client.update_model_version(
             BUNDLE,

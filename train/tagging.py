@@ -11,7 +11,7 @@ import pandas as pd
 
 from train.errors import TaggerError
 from train.models.base import TextClassifier
-from train.pyfunc import load_classifier
+from train.pyfunc import load_classifier, model_uri
 from train.sentences import split_text
 
 DEFAULT_TARGET = "closer Iran–Iraq ties"
@@ -49,8 +49,14 @@ class Tagger:
         tracking.setup()
         topic_uri = topic_uri or champion_uri("topic")
         stance_uri = stance_uri or champion_uri("stance")
+        uris = {"topic": topic_uri, "stance": stance_uri}
+        for task, uri in uris.items():  # a mistyped reference is reported before anything is loaded
+            try:
+                model_uri(uri)
+            except TaggerError as exc:
+                raise TaggerError(f"{task} model: {exc}") from None
         models = {}
-        for task, uri in (("topic", topic_uri), ("stance", stance_uri)):
+        for task, uri in uris.items():
             try:
                 models[task] = load_classifier(uri)
             except TaggerError as exc:

@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import urllib.error
+import urllib.request
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 
 from train.config import PROJECT_ROOT
+from train.errors import TaggerError
 
 TRACKED_LIBRARIES = (
     "scikit-learn",
@@ -52,9 +56,53 @@ def is_embedded(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
+_REACHED: set[str] = set()
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``, for messages."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail within ``timeout`` seconds, naming the store, when a remote tracking store does not answer.
+
+    MLflow itself retries for minutes (HTTP back-off, database reconnects) before it gives up.
+    Any HTTP answer counts as reachable; a database must accept a connection.
+    """
+    if uri in _REACHED or is_embedded(uri):
+        return
+    scheme = urlsplit(uri).scheme.split("+")[0].lower()
+    try:
+        if scheme in ("http", "https"):
+            try:
+                urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+            except urllib.error.HTTPError:
+                pass  # the server answered
+        elif scheme in ("postgresql", "mysql"):
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": int(timeout)})
+            try:
+                with engine.connect():
+                    pass
+            finally:
+                engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - every failure to connect gets the same clear message
+        raise TaggerError(
+            f"tracking store {redact(uri)} cannot be reached ({type(exc).__name__}: {exc}); "
+            "check MLFLOW_TRACKING_URI or tracking.uri"
+        ) from None
+    _REACHED.add(uri)
+
+
 def setup(configured_uri: str | None = None, experiment: str | None = None) -> str:
     """Point MLflow at the store (and registry) and make sure ``experiment`` exists."""
     uri = tracking_uri(configured_uri)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if experiment:

@@ -54,11 +54,11 @@ class TfidfBlock:
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         """The TF-IDF rows of ``texts``, as ``TfidfVectorizer.transform`` computes them."""
-        vocabulary, analyzer = self.vocabulary, self.analyzer
+        lookup, analyzer = self.vocabulary.get, self.analyzer
         indices: list[int] = []
         indptr = [0]
         for text in texts:
-            indices.extend(vocabulary[token] for token in analyzer(text) if token in vocabulary)
+            indices.extend(i for i in map(lookup, analyzer(text)) if i is not None)
             indptr.append(len(indices))
         X = sp.csr_matrix(
             (np.ones(len(indices)), np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
