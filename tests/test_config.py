@@ -39,6 +39,7 @@ def test_set_override_parses_yaml_values():
         ("model.params.min_dff=2", r"unknown key 'model.params.min_dff'; did you mean 'min_df'"),
         ("split.dev_fraction=lots", r"'split.dev_fraction'"),
         ("model.family=tfidf_lr", r"unknown family 'tfidf_lr'; did you mean 'tfidf_logreg'"),
+        ("data.encoding=latin-9x", r"'data.encoding'.*unknown text encoding 'latin-9x'"),
     ],
 )
 def test_bad_config_values_are_named_with_a_suggestion(override, message):

@@ -74,6 +74,29 @@ def test_missing_empty_and_non_utf8_files(tmp_path):
     with pytest.raises(TaggerError, match=r"latin1.jsonl line 2: not valid UTF-8"):
         load(tmp_path / "latin1.jsonl")
 
+    # the same bytes read as the encoding the file really uses
+    data = load(tmp_path / "latin1.jsonl", encoding="latin-1", require_labels=False)
+    assert data.texts == ["ok", "café"]
+
+
+def test_semeval_style_tsv_in_cp1252(tmp_path):
+    """A public stance benchmark's layout: tab-separated, Windows-1252, its own column names and labels."""
+    path = tmp_path / "stance.tsv"
+    path.write_bytes(
+        "ID\tTarget\tTweet\tStance\n"
+        "101\tClimate Change is a Real Concern\tWe need action now \u2013 no more excuses\tFAVOR\n"
+        "102\tClimate Change is a Real Concern\tIt\u2019s all a hoax\tAGAINST\n"
+        "103\tAtheism\tSunday caf\u00e9 with friends\tNONE\n".encode("cp1252")
+    )
+    cols = Columns(id="ID", text="Tweet", labels="Stance", target="Target")
+    label_map = {"FAVOR": "favor", "AGAINST": "against", "NONE": "neutral"}
+    with pytest.raises(TaggerError, match=r"stance.tsv line 2: not valid UTF-8 .*data.encoding"):
+        load(path, cols, "multiclass", STANCES, label_map=label_map)
+    data = load(path, cols, "multiclass", STANCES, label_map=label_map, encoding="cp1252")
+    assert data.labels == ["favor", "against", "neutral"]
+    assert data.texts[1] == "It\u2019s all a hoax" and data.frame["target"][2] == "Atheism"
+    assert data.frame["line"].tolist() == [2, 3, 4]
+
 
 def test_invalid_json_line(tmp_path):
     path = tmp_path / "broken.jsonl"

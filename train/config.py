@@ -7,6 +7,7 @@ parameters, evaluation sets and tracking. ``extends:`` inherits from another fil
 
 from __future__ import annotations
 
+import codecs
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -35,15 +36,27 @@ class Columns(_Strict):
     group: str | None = None
 
 
+def _known_encoding(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding '{value}' (e.g. utf-8, latin-1, cp1252)") from None
+    return value
+
+
 class DataConfig(_Strict):
     train: Path
-    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet"] = "auto"
+    encoding: str = "utf-8"
     columns: Columns = Field(default_factory=Columns)
     label_map: dict[str, str] = Field(default_factory=dict)
     label_separator: str | None = None
     default_target: str | None = None
     allow_leakage: bool = False
     leakage_threshold: float = Field(0.8, gt=0, le=1)
+
+    _encoding = field_validator("encoding")(_known_encoding)
 
 
 class SplitConfig(_Strict):
@@ -61,11 +74,14 @@ class ModelConfig(_Strict):
 class EvalSet(_Strict):
     name: str
     path: Path
-    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = "auto"
+    format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet"] = "auto"
+    encoding: str | None = None
     columns: Columns | None = None
     label_map: dict[str, str] | None = None
     label_separator: str | None = None
     default_target: str | None = None
+
+    _encoding = field_validator("encoding")(_known_encoding)
 
     @field_validator("name")
     @classmethod

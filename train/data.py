@@ -7,6 +7,7 @@ spellings) train through a config alone.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -20,7 +21,14 @@ from train.errors import TaggerError
 
 log = logging.getLogger(__name__)
 
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+FORMATS = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+}
 
 
 @dataclass
@@ -64,18 +72,22 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     except KeyError:
         raise TaggerError(
             f"{path}: cannot tell the format from the extension '{path.suffix}'; "
-            f"set format to one of jsonl, csv, parquet"
+            f"set format to one of jsonl, csv, tsv, parquet"
         ) from None
 
 
-def _check_text_file(path: Path, fmt: str) -> list[int]:
-    """Check UTF-8 and (for JSONL) each line's JSON; return the line number of each record."""
+def _check_text_file(path: Path, fmt: str, encoding: str = "utf-8") -> list[int]:
+    """Check the encoding and (for JSONL) each line's JSON; return the line number of each record."""
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise TaggerError(f"{path} line {line}: not valid UTF-8 (byte offset {exc.start})") from None
+        name = "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
+        raise TaggerError(
+            f"{path} line {line}: not valid {name} (byte offset {exc.start}); "
+            "if the file uses another encoding, set it with data.encoding"
+        ) from None
     if not text.strip():
         raise TaggerError(f"{path}: file is empty")
     if fmt != "jsonl":
@@ -94,7 +106,7 @@ def _check_text_file(path: Path, fmt: str) -> list[int]:
     return record_lines
 
 
-def read_table(path: Path, fmt: str = "auto") -> tuple[pd.DataFrame, list[int]]:
+def read_table(path: Path, fmt: str = "auto", encoding: str = "utf-8") -> tuple[pd.DataFrame, list[int]]:
     """Read a file into a DataFrame through ``datasets``; also return each row's line number."""
     path = Path(path)
     if not path.exists():
@@ -104,24 +116,25 @@ def read_table(path: Path, fmt: str = "auto") -> tuple[pd.DataFrame, list[int]]:
     if path.stat().st_size == 0:
         raise TaggerError(f"{path}: file is empty")
     fmt = detect_format(path, fmt)
-    lines = _check_text_file(path, fmt) if fmt in ("jsonl", "csv") else []
+    lines = _check_text_file(path, fmt, encoding) if fmt != "parquet" else []
 
     import datasets
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     loaders = {
-        "jsonl": datasets.Dataset.from_json,
-        "csv": datasets.Dataset.from_csv,
-        "parquet": datasets.Dataset.from_parquet,
+        "jsonl": lambda p: datasets.Dataset.from_json(p, keep_in_memory=True, encoding=encoding),
+        "csv": lambda p: datasets.Dataset.from_csv(p, keep_in_memory=True, encoding=encoding),
+        "tsv": lambda p: datasets.Dataset.from_csv(p, keep_in_memory=True, encoding=encoding, sep="\t"),
+        "parquet": lambda p: datasets.Dataset.from_parquet(p, keep_in_memory=True),
     }
     try:
-        frame = loaders[fmt](str(path), keep_in_memory=True).to_pandas()
+        frame = loaders[fmt](str(path)).to_pandas()
     except Exception as exc:  # the loaders raise many types; report them as a data error
         raise TaggerError(f"{path}: cannot read as {fmt}: {exc}") from None
     if frame.empty:
         raise TaggerError(f"{path}: file has no records")
-    if fmt == "csv":
+    if fmt in ("csv", "tsv"):
         lines = list(range(2, len(frame) + 2))
     elif len(lines) != len(frame):
         lines = list(range(1, len(frame) + 1))
@@ -149,6 +162,7 @@ def load_labelled(
     labels: Sequence[str],
     columns,
     fmt: str = "auto",
+    encoding: str = "utf-8",
     label_map: dict[str, str] | None = None,
     label_separator: str | None = None,
     default_target: str | None = None,
@@ -156,7 +170,7 @@ def load_labelled(
 ) -> LabelledData:
     """Read and check a labelled file; map its columns and labels onto the task's schema."""
     path = Path(path)
-    frame, lines = read_table(path, fmt)
+    frame, lines = read_table(path, fmt, encoding)
     label_map = {str(k): v for k, v in (label_map or {}).items()}
     schema = set(labels)
 
@@ -247,12 +261,17 @@ def load_for(config, eval_set=None, require_labels: bool = True) -> LabelledData
         value = getattr(eval_set, name, None) if eval_set else None
         return value if value is not None else getattr(config.data, name)
 
+    path = Path(source.path if eval_set else config.data.train)
+    fmt = source.format
+    if eval_set and fmt == "auto" and path.suffix.lower() not in FORMATS:
+        fmt = config.data.format  # e.g. a benchmark's test.txt in the same layout as its train.txt
     return load_labelled(
-        source.path if eval_set else config.data.train,
+        path,
         task_type=config.task.type,
         labels=config.task.labels,
         columns=columns,
-        fmt=source.format,
+        fmt=fmt,
+        encoding=pick("encoding"),
         label_map=pick("label_map"),
         label_separator=pick("label_separator"),
         default_target=pick("default_target"),
