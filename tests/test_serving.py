@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import read_jsonl, write_jsonl
 
 from train.cli import cli
-from train.config import load_config
+from train.config import TOPIC_LABELS, load_config
 from train.errors import TaggerError
 from train.pipeline import train
 from train.promote import choose, promote
@@ -58,16 +58,21 @@ def test_promote_picks_best_and_moves_aliases(registry):
     assert champion.run_id == runs[("topic", best)]
     assert "Runner-up" in champion.description and champion.tags["metric"] == "seeds/f1_macro"
     assert "tagger-topic v1 is now @champion" in output
-    # promoting by another metric that prefers the other run moves champion and sets previous
-    other = "tfidf_svm" if best == "tfidf_logreg" else "tfidf_logreg"
     choice_dry = invoke("promote", "--task", "topic", "--metric", "dev/f1_macro", "--dry-run").stdout
     assert "dry run: nothing registered" in choice_dry
     assert client.get_model_version_by_alias("tagger-topic", "champion").version == champion.version
-    choice = choose("topic", "dev/f1_macro")
-    if choice.winner["run_id"] == runs[("topic", other)]:
-        _, version = promote("topic", "dev/f1_macro")
-        assert client.get_model_version_by_alias("tagger-topic", "previous").version == champion.version
-        assert client.get_model_version_by_alias("tagger-topic", "champion").version == version
+    # a loss ranks lowest first
+    losses = {f: mlflow.get_run(runs[("topic", f)]).data.metrics["seeds/hamming_loss"] for f in scores}
+    assert choose("topic", "seeds/hamming_loss").winner["metrics.seeds/hamming_loss"] == min(losses.values())
+    # promoting by a metric that prefers the other run moves champion there and previous to the old one
+    other = next(
+        m
+        for m in (f"seeds/{k}_{label}" for k in ("recall", "precision", "f1") for label in TOPIC_LABELS)
+        if choose("topic", m).winner["run_id"] != champion.run_id
+    )
+    _, version = promote("topic", other)
+    assert client.get_model_version_by_alias("tagger-topic", "previous").version == champion.version
+    assert client.get_model_version_by_alias("tagger-topic", "champion").version == version != champion.version
     assert client.get_model_version_by_alias("tagger", "champion")  # the combined topic + stance model
 
 

@@ -17,13 +17,24 @@ def finished_runs(experiment: str, task: str) -> pd.DataFrame:
     return mlflow.search_runs(experiment_names=[experiment], filter_string="attributes.status = 'FINISHED'")
 
 
+LOWER_IS_BETTER = {"train_seconds", "model_size_mb", "model_parameters"}
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses (``seeds/hamming_loss``, ``dev/loss``), time and size rank ascending; scores descending."""
+    name = metric.rsplit("/", 1)[-1]
+    return name.endswith("loss") or name in LOWER_IS_BETTER
+
+
 def rank(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Best first by ``metric``; ties go to higher dev macro F1, then to the newer run."""
     runs = runs.copy()
     if "metrics.dev/f1_macro" not in runs.columns:
         runs["metrics.dev/f1_macro"] = float("nan")
     return runs.sort_values(
-        [f"metrics.{metric}", "metrics.dev/f1_macro", "start_time"], ascending=False, na_position="last"
+        [f"metrics.{metric}", "metrics.dev/f1_macro", "start_time"],
+        ascending=[lower_is_better(metric), False, False],
+        na_position="last",
     )
 
 
