@@ -116,10 +116,10 @@ class LinearHead:
         ):
             weights = np.vstack([e.coef_ for e in classifier.estimators_]).T
             intercept = np.concatenate([e.intercept_ for e in classifier.estimators_])
-            return cls(np.ascontiguousarray(weights), intercept, "sigmoid")
+            return cls(weights, intercept, "sigmoid")
         if isinstance(classifier, LogisticRegression):
             link = "binary" if len(classifier.classes_) == 2 else "softmax"
-            return cls(np.ascontiguousarray(classifier.coef_.T), classifier.intercept_.copy(), link)
+            return cls(classifier.coef_.T, classifier.intercept_, link)  # views: no second copy of the weights
         return None
 
     def predict_proba(self, X: sp.csr_matrix) -> np.ndarray:
