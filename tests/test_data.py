@@ -120,6 +120,17 @@ def test_csv_with_separator_and_label_map(tmp_path):
     assert data.frame["line"].tolist() == [2, 3]
 
 
+def test_id_column_is_optional_unless_named(tmp_path):
+    path = tmp_path / "no_ids.csv"
+    pd.DataFrame({"text": ["Oil deal signed.", "Troops moved."], "label": ["energy", "security"]}).to_csv(
+        path, index=False
+    )
+    data = load(path, Columns(labels="label"))  # the default id column is absent: ids are line numbers
+    assert data.frame["id"].tolist() == ["2", "3"]
+    with pytest.raises(TaggerError, match="missing column 'sid'.*columns.id"):
+        load(path, Columns(id="sid", labels="label"))
+
+
 def test_parquet_with_binary_label_columns_and_int_classes(tmp_path):
     path = tmp_path / "bench.parquet"
     pd.DataFrame(

@@ -175,6 +175,8 @@ def load_labelled(
     schema = set(labels)
 
     label_columns = [columns.labels] if isinstance(columns.labels, str) else list(columns.labels)
+    if columns.id and columns.id not in frame.columns and "id" not in columns.model_fields_set:
+        columns = columns.model_copy(update={"id": None})  # no id column and none asked for: ids are line numbers
     needed = {"text": columns.text}
     if columns.id:
         needed["id"] = columns.id
@@ -185,9 +187,10 @@ def load_labelled(
     for role, column in needed.items():
         if column not in frame.columns:
             key = "labels" if role.startswith("labels") else role
+            hint = " (or columns.id: null to use line numbers as ids)" if role == "id" else ""
             raise TaggerError(
                 f"{path}: missing column '{column}' (columns: {', '.join(map(str, frame.columns))}); "
-                f"map it with columns.{key}"
+                f"map it with columns.{key}{hint}"
             )
 
     def where(i: int, record_id=None) -> str:
