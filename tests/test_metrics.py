@@ -40,3 +40,31 @@ def test_bootstrap_interval_brackets_the_point_estimate():
     assert low < point < high
     assert 0 < high - low < 0.3
     assert bootstrap_ci(gold, pred, 3, samples=500) == (low, high)  # seeded
+
+
+def test_labels_with_characters_mlflow_refuses_still_log():
+    """A benchmark's label such as "Business & Finance" must not fail the run when metrics are logged."""
+    import mlflow
+
+    from train import tracking
+
+    labels = ["Business & Finance", "Sci/Tech", "World (other)"]
+    m = multiclass_metrics(np.array([0, 1, 2]), np.array([0, 1, 1]), labels)
+    assert m["f1_Business _ Finance"] == 1.0 and m["f1_Sci/Tech"] == pytest.approx(2 / 3)
+    tracking.setup(experiment="label-names")
+    with mlflow.start_run() as run:
+        mlflow.log_metrics({f"test/{k}": v for k, v in m.items()})
+    assert mlflow.get_run(run.info.run_id).data.metrics["test/f1_World _other_"] == 0.0
+
+
+def test_config_mappings_with_such_labels_log_as_params():
+    import mlflow
+
+    from train import tracking
+
+    params = tracking.flatten({"data": {"label_map": {"Business & Finance": "business"}, "columns": {"text": "t"}}})
+    assert params == {"data.label_map": '{"Business & Finance": "business"}', "data.columns.text": "t"}
+    tracking.setup(experiment="label-names")
+    with mlflow.start_run() as run:
+        mlflow.log_params(params)
+    assert mlflow.get_run(run.info.run_id).data.params["data.label_map"] == '{"Business & Finance": "business"}'

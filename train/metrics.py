@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
@@ -11,14 +13,19 @@ from sklearn.metrics import (
 )
 
 
+def per_label(label: str, values: dict[str, float]) -> dict[str, float]:
+    """``{"f1": x}`` → ``{"f1_<label>": x}``, with characters MLflow refuses in a metric name (``&``, ``(``, ...)
+    replaced by ``_``, so a benchmark's label such as "Business & Finance" logs as ``f1_Business _ Finance``."""
+    name = re.sub(r"[^\w./\- :]", "_", str(label))
+    return {f"{key}_{name}": value for key, value in values.items()}
+
+
 def multilabel_metrics(Y: np.ndarray, P: np.ndarray, labels: list[str]) -> dict[str, float]:
     """Per-label P/R/F1/support, micro and macro F1, subset accuracy and Hamming loss."""
     p, r, f, s = precision_recall_fscore_support(Y, P, average=None, zero_division=0, labels=range(len(labels)))
     out = {}
     for j, label in enumerate(labels):
-        out.update(
-            {f"precision_{label}": p[j], f"recall_{label}": r[j], f"f1_{label}": f[j], f"support_{label}": float(s[j])}
-        )
+        out.update(per_label(label, {"precision": p[j], "recall": r[j], "f1": f[j], "support": float(s[j])}))
     out["f1_micro"] = f1_score(Y, P, average="micro", zero_division=0)
     out["f1_macro"] = f1_score(Y, P, average="macro", zero_division=0)
     out["subset_accuracy"] = accuracy_score(Y, P)
@@ -32,14 +39,7 @@ def multiclass_metrics(y: np.ndarray, p: np.ndarray, labels: list[str]) -> dict[
     pr, rc, f, s = precision_recall_fscore_support(y, p, labels=idx, average=None, zero_division=0)
     out = {}
     for j, label in enumerate(labels):
-        out.update(
-            {
-                f"precision_{label}": pr[j],
-                f"recall_{label}": rc[j],
-                f"f1_{label}": f[j],
-                f"support_{label}": float(s[j]),
-            }
-        )
+        out.update(per_label(label, {"precision": pr[j], "recall": rc[j], "f1": f[j], "support": float(s[j])}))
     out["f1_macro"] = f1_score(y, p, labels=idx, average="macro", zero_division=0)
     out["accuracy"] = accuracy_score(y, p)
     if "favor" in labels and "against" in labels:

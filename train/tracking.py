@@ -7,8 +7,10 @@ points at a tracking server (e.g. one backed by PostgreSQL) without a code chang
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -152,13 +154,22 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+_PARAM_NAME = re.compile(r"^[\w./\- :]+$")  # what MLflow accepts in a param name
+
+
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:
-    """Nested config → ``a.b.c`` keys, as MLflow params."""
+    """Nested config → ``a.b.c`` keys, as MLflow params.
+
+    A mapping whose keys MLflow would refuse in a name (e.g. a ``label_map`` from "Business & Finance")
+    is logged whole, as JSON, under its own key.
+    """
     flat = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and value and all(_PARAM_NAME.match(str(k)) for k in value):
             flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, dict) and value:
+            flat[name] = json.dumps(value, ensure_ascii=False)[:6000]
         else:
             flat[name] = str(value)[:6000]
     return flat
