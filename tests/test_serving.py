@@ -18,7 +18,7 @@ from train.cli import cli
 from train.config import TOPIC_LABELS, load_config
 from train.errors import TaggerError
 from train.pipeline import train
-from train.promote import choose, promote
+from train.promote import choose, promote, rollback
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +73,20 @@ def test_promote_picks_best_and_moves_aliases(registry):
     _, version = promote("topic", other)
     assert client.get_model_version_by_alias("tagger-topic", "previous").version == champion.version
     assert client.get_model_version_by_alias("tagger-topic", "champion").version == version != champion.version
+    # --rollback swaps them back (and the combined model follows); a dry run changes nothing
+    assert "would be @champion" in invoke("promote", "--task", "topic", "--rollback", "--dry-run").stdout
+    assert client.get_model_version_by_alias("tagger-topic", "champion").version == version
+    assert f"v{champion.version} is now @champion" in invoke("promote", "--task", "topic", "--rollback").stdout
+    assert client.get_model_version_by_alias("tagger-topic", "champion").version == champion.version
+    assert client.get_model_version_by_alias("tagger-topic", "previous").version == version
+    bundle = client.get_model_version_by_alias("tagger", "champion")
+    assert bundle.description.startswith(f"topic v{champion.version} ")
     assert client.get_model_version_by_alias("tagger", "champion")  # the combined topic + stance model
+
+
+def test_rollback_without_previous_is_clear():
+    with pytest.raises(TaggerError, match="tagger-nothing has no 'previous' version"):
+        rollback("nothing")
 
 
 def test_promote_without_runs_is_clear():

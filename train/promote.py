@@ -105,6 +105,21 @@ def promote(task: str, metric: str = "seeds/f1_macro", dry_run: bool = False) ->
     return choice, version.version
 
 
+def rollback(task: str, dry_run: bool = False) -> tuple[str, str]:
+    """Swap ``champion`` and ``previous`` of ``tagger-<task>``; return (new champion, new previous) versions."""
+    client = mlflow.MlflowClient()
+    name = registered_name(task)
+    try:
+        previous = client.get_model_version_by_alias(name, PREVIOUS)
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        raise TaggerError(f"{name} has no '{PREVIOUS}' version to roll back to") from None
+    if not dry_run:
+        client.set_registered_model_alias(name, CHAMPION, previous.version)
+        client.set_registered_model_alias(name, PREVIOUS, champion.version)
+    return previous.version, champion.version
+
+
 BUNDLE = "tagger"
 
 
