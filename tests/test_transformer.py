@@ -77,7 +77,7 @@ def test_onnx_backends_match_torch(tiny_run):
     classifier.set_backend("onnx-int8")
     int8_scores = classifier.predict_proba(SEEDS)
     assert np.abs(int8_scores - torch_scores).max() < INT8_TOLERANCE
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="no .tensorrt. backend .it has: torch, onnx, onnx-int8."):
         classifier.set_backend("tensorrt")
 
 
@@ -147,3 +147,25 @@ def test_embedding_family_caches_encodings(small_train, tmp_path):
     assert {f: f.stat().st_mtime_ns for f in sorted((tmp_path / "cache").rglob("*.npy"))} == stamps  # all hits
     a, b = (mlflow.get_run(r).data.metrics["seeds/f1_macro"] for r in (first, second))
     assert a == pytest.approx(b)
+
+
+def test_tagger_backend_applies_to_the_models_that_have_it(tiny_run, small_train):
+    """``tagger serve/tag --backend onnx-int8``: the transformer switches, the TF-IDF stance model is left as is."""
+    from train.errors import TaggerError
+    from train.tagging import Tagger
+
+    config = load_config(
+        ROOT / "configs/stance/tfidf_logreg.yaml", [f"data.train={small_train}", "evaluation.bootstrap_samples=0"]
+    )
+    stance_run = train(config, "configs/stance/tfidf_logreg.yaml")
+    tagger = Tagger.load(tiny_run, stance_run, backend="onnx-int8")
+    assert tagger.topic.backend == "onnx-int8"
+    int8 = tagger.tag_sentences([{"text": "Gas exports resumed through the pipeline."}], "closer Iran–Iraq ties")
+    torch_scores = Tagger.load(tiny_run, stance_run).tag_sentences(
+        [{"text": "Gas exports resumed through the pipeline."}], "closer Iran–Iraq ties"
+    )
+    assert int8[0]["stance_scores"] == torch_scores[0]["stance_scores"]
+    for label, score in torch_scores[0]["topic_scores"].items():
+        assert abs(int8[0]["topic_scores"][label] - score) <= INT8_TOLERANCE
+    with pytest.raises(TaggerError, match="--backend onnx: neither model has it"):
+        Tagger.load(stance_run, stance_run, backend="onnx")

@@ -32,6 +32,10 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+BACKEND_CHOICES = ("torch", "onnx", "onnx-int8")
+BACKEND_HELP = "Inference backend of transformer models (default: the one their config names)."
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logging.")
 def cli(verbose: bool) -> None:
@@ -108,7 +112,7 @@ def _read_inputs(source: str, target: str | None) -> list[dict]:
 @click.argument("model")
 @click.option("--input", "source", required=True, help="JSON Lines file (or '-' for stdin) of sentences.")
 @click.option("--target", default=None, help='Target for stance models, e.g. "closer Iran–Iraq ties".')
-@click.option("--backend", default=None, help="Inference backend of transformer models: torch, onnx or onnx-int8.")
+@click.option("--backend", default=None, type=click.Choice(BACKEND_CHOICES), help=BACKEND_HELP)
 def predict(model: str, source: str, target: str | None, backend: str | None) -> None:
     """Tag sentences with MODEL (run id, models:/ or runs:/ URI, or model folder); JSON Lines out."""
     import pandas as pd
@@ -144,7 +148,7 @@ def predict(model: str, source: str, target: str | None, backend: str | None) ->
     default=None,
     help="Also write predictions, misclassified rows and confusion plots here.",
 )
-@click.option("--backend", default=None, help="Inference backend of transformer models: torch, onnx or onnx-int8.")
+@click.option("--backend", default=None, type=click.Choice(BACKEND_CHOICES), help=BACKEND_HELP)
 def evaluate(
     model: str,
     data_path: str,
@@ -262,7 +266,8 @@ def promote(task: str, metric: str, dry_run: bool, rollback: bool) -> None:
 @click.option("--topic-model", default=None, help="Topic model URI (default models:/tagger-topic@champion).")
 @click.option("--stance-model", default=None, help="Stance model URI (default models:/tagger-stance@champion).")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines, one sentence per line.")
-def tag(text, source, target, topic_model, stance_model, as_json) -> None:
+@click.option("--backend", default=None, type=click.Choice(BACKEND_CHOICES), help=BACKEND_HELP)
+def tag(text, source, target, topic_model, stance_model, as_json, backend) -> None:
     """Split TEXT (or --input) into sentences and tag each with topics and stance."""
     from train.tagging import DEFAULT_TARGET, Tagger
 
@@ -274,7 +279,7 @@ def tag(text, source, target, topic_model, stance_model, as_json) -> None:
         raise TaggerError("the text is empty")
     if target is not None and not target.strip():
         raise TaggerError("--target is empty")
-    tagger = Tagger.load(topic_model, stance_model)
+    tagger = Tagger.load(topic_model, stance_model, backend)
     results = tagger.tag_text(text, target or DEFAULT_TARGET)
     if as_json:
         for row in results:
@@ -333,7 +338,8 @@ def export(task: str, alias: str, out: str) -> None:
 @click.option("--stance-model", default=None, help="Stance model URI or folder (default: the champion).")
 @click.option("--max-body-bytes", default=1_000_000, show_default=True, type=int)
 @click.option("--max-sentences", default=1_000, show_default=True, type=int)
-def serve(host, port, topic_model, stance_model, max_body_bytes, max_sentences) -> None:
+@click.option("--backend", default=None, type=click.Choice(BACKEND_CHOICES), help=BACKEND_HELP)
+def serve(host, port, topic_model, stance_model, max_body_bytes, max_sentences, backend) -> None:
     """Serve tagging over HTTP (FastAPI + uvicorn): POST /v1/tag, /healthz, /readyz, /v1/models, web page at /."""
     import uvicorn
 
@@ -341,7 +347,9 @@ def serve(host, port, topic_model, stance_model, max_body_bytes, max_sentences) 
     from train.tagging import Tagger
 
     app = create_app(
-        lambda: Tagger.load(topic_model, stance_model), max_body_bytes=max_body_bytes, max_sentences=max_sentences
+        lambda: Tagger.load(topic_model, stance_model, backend),
+        max_body_bytes=max_body_bytes,
+        max_sentences=max_sentences,
     )
     # hand the GIL between the event loop and the inference thread quickly (default 5 ms adds latency)
     sys.setswitchinterval(0.0005)

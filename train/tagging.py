@@ -42,8 +42,12 @@ class Tagger:
     versions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, topic_uri: str | None = None, stance_uri: str | None = None) -> Tagger:
-        """Load the given models, or the registered champions; clear errors when missing."""
+    def load(cls, topic_uri: str | None = None, stance_uri: str | None = None, backend: str | None = None) -> Tagger:
+        """Load the given models, or the registered champions; clear errors when missing.
+
+        ``backend`` (e.g. ``onnx-int8``) applies to the models whose family has it; naming one that
+        neither model has is an error.
+        """
         from train import tracking
 
         tracking.setup()
@@ -62,6 +66,13 @@ class Tagger:
             except TaggerError as exc:
                 hint = f"; run 'tagger promote --task {task}' first" if uri == champion_uri(task) else ""
                 raise TaggerError(f"{task} model: {exc}{hint}") from None
+        if backend:
+            chosen = [m for m in models.values() if backend in m.backends]
+            if not chosen:
+                families = ", ".join(f"{t}: {type(m).__name__} ({'/'.join(m.backends)})" for t, m in models.items())
+                raise TaggerError(f"--backend {backend}: neither model has it ({families})")
+            for model in chosen:
+                model.set_backend(backend)
         if not models["topic"].multilabel or models["stance"].multilabel:
             raise TaggerError("the topic model must be multi-label and the stance model multi-class")
         return cls(

@@ -56,6 +56,7 @@ class TextClassifier:
     """
 
     requirements: tuple[str, ...] = ()  # extra pip packages a logged model needs
+    backends: tuple[str, ...] = ("sklearn",)  # inference backends ``set_backend`` accepts
 
     def __init__(self, task_type: str, labels: list[str], seed: int = 13):
         self.task_type = task_type
@@ -90,8 +91,8 @@ class TextClassifier:
 
     def set_backend(self, backend: str) -> None:
         """Choose the inference backend; only families with several backends accept another."""
-        if backend != "sklearn":
-            raise ValueError(f"{type(self).__name__} has no '{backend}' backend")
+        if backend not in self.backends:
+            raise ValueError(f"{type(self).__name__} has no '{backend}' backend (it has: {', '.join(self.backends)})")
 
     # --- subclass hooks -------------------------------------------------------------------
     def _fit(self, X: pd.DataFrame, Y: np.ndarray, X_dev: pd.DataFrame | None, Y_dev: np.ndarray | None):

@@ -81,6 +81,7 @@ class TransformerClassifier(TextClassifier):
 
     Params = TransformerParams
     requirements = ("torch", "transformers", "onnxruntime", "onnx")
+    backends = BACKENDS
 
     def __init__(self, task_type: str, labels: list[str], seed: int = 13, **params):
         super().__init__(task_type, labels, seed)
@@ -190,8 +191,7 @@ class TransformerClassifier(TextClassifier):
 
     # --- inference -----------------------------------------------------------------------------
     def set_backend(self, backend: str) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+        super().set_backend(backend)
         self.backend = backend
 
     def _logits_torch(self, batch: dict) -> np.ndarray:
