@@ -164,8 +164,8 @@ def mlflow_bodies(n: int, size: int) -> list[dict]:
     ]
 
 
-def start_tagger(topic_run: str, stance_run: str, env: dict) -> Server:
-    """``tagger serve`` on the given runs' models."""
+def start_tagger(topic_run: str, stance_run: str, env: dict, backend: str | None = None) -> Server:
+    """``tagger serve`` on the given runs' models (optionally with another transformer backend)."""
     command = [
         sys.executable,
         "-m",
@@ -175,6 +175,7 @@ def start_tagger(topic_run: str, stance_run: str, env: dict) -> Server:
         f"runs:/{topic_run}/model",
         "--stance-model",
         f"runs:/{stance_run}/model",
+        *(["--backend", backend] if backend else []),
     ]
     return Server(command, "/readyz", env)
 
@@ -204,7 +205,7 @@ def load_shapes(url: str, bodies, requests: int, concurrency: int) -> dict:
     }
 
 
-def bench_model(topic_run: str, stance_run: str, requests: int, concurrency: int) -> dict:
+def bench_model(topic_run: str, stance_run: str, requests: int, concurrency: int, quantised: bool = False) -> dict:
     """``tagger serve`` and ``mlflow models serve`` on the same topic + stance models, one after the other."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     results: dict = {"topic_run": topic_run, "stance_run": stance_run}
@@ -223,6 +224,20 @@ def bench_model(topic_run: str, stance_run: str, requests: int, concurrency: int
             )
         finally:
             mlflow_server.stop()
+    if quantised:
+        # not the same model (int8 weights, scores within 0.1), so reported beside the comparison, not in it
+        tagger = start_tagger(topic_run, stance_run, env, backend="onnx-int8")
+        try:
+            url = tagger.base + "/v1/tag"
+            asyncio.run(closed_loop(url, tagger_bodies(50, 1), 2))  # warm-up
+            results["tagger_serve_onnx_int8"] = {
+                "one_sentence": asyncio.run(closed_loop(url, tagger_bodies(requests, 1), concurrency)),
+                "twenty_sentences": asyncio.run(
+                    closed_loop(url, tagger_bodies(max(20, requests // 4), 20), concurrency)
+                ),
+            }
+        finally:
+            tagger.stop()
     results["throughput_vs_mlflow_serve"] = {
         shape: round(
             results["tagger_serve"][shape]["throughput_rps"] / results["mlflow_models_serve"][shape]["throughput_rps"],
@@ -277,7 +292,9 @@ def main() -> None:
     }
     transformer_topic = best_run("topic", ("transformer",))
     if transformer_topic:
-        results["transformer"] = bench_model(transformer_topic, tfidf_stance, args.requests // 4, args.concurrency)
+        results["transformer"] = bench_model(
+            transformer_topic, tfidf_stance, args.requests // 4, args.concurrency, quantised=True
+        )
     else:
         results["transformer"] = {"skipped": "no full transformer topic run: run make demo-full first"}
     try:
