@@ -68,3 +68,26 @@ def test_compiled_scorer_is_rebuilt_after_pickling_and_refitting():
     restored.fit(frame, [r["topics"] for r in rows])
     np.testing.assert_allclose(restored.predict_proba(PROBE), sklearn_scores(restored), rtol=0, atol=1e-12)
     assert not np.allclose(restored.predict_proba(PROBE), before)
+
+
+def test_models_with_the_same_analysis_share_tokens_and_others_do_not():
+    """Topic and stance models analyse the same sentences: the second reuses the tokens, never wrong ones."""
+    from train.models.linear_scoring import SHARED_ANALYSIS, CompiledPipeline
+
+    topic = fitted(TfidfLogReg, "topic")
+    stance = fitted(TfidfLogReg, "stance")
+    other = fitted(TfidfLogReg, "stance", char_ngram_range=[1, 3], lowercase=False)
+    for model in (topic, stance, other, topic, other, stance):  # interleaved, as a service calls them
+        np.testing.assert_allclose(model.predict_proba(PROBE), sklearn_scores(model), rtol=0, atol=1e-12)
+    char = {
+        m: next(
+            b
+            for b in CompiledPipeline.compile(m.pipeline_).features.blocks
+            if b.analysis_key and "char_wb" in str(b.analysis_key)
+        )
+        for m in (topic, stance, other)
+    }
+    texts = list(PROBE["text"])
+    first = SHARED_ANALYSIS.tokens(char[topic].analysis_key, char[topic].analyzer, texts)
+    assert SHARED_ANALYSIS.tokens(char[stance].analysis_key, char[stance].analyzer, texts) is first
+    assert char[other].analysis_key != char[topic].analysis_key

@@ -23,6 +23,44 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline
 
+ANALYSIS_SETTINGS = (
+    "input", "encoding", "decode_error", "strip_accents", "lowercase", "preprocessor",
+    "tokenizer", "stop_words", "token_pattern", "ngram_range", "analyzer",
+)  # fmt: skip
+
+
+class SharedAnalysis:
+    """Tokens of the latest batch, per analyzer setting.
+
+    The topic and the stance model analyse the same sentences with the same settings (character
+    2–5-grams dominate the cost), so the second model reuses the first one's tokens. Only the most
+    recent batch is kept per setting, so memory stays bounded by one batch.
+    """
+
+    def __init__(self):
+        self._latest: dict[tuple, tuple[tuple[str, ...], list[list[str]]]] = {}
+
+    @staticmethod
+    def key(vectorizer: TfidfVectorizer) -> tuple | None:
+        """What determines the tokens; None for custom callables, whose output may differ per instance."""
+        params = vectorizer.get_params()
+        if any(callable(params[name]) for name in ("analyzer", "preprocessor", "tokenizer")):
+            return None
+        return tuple((name, repr(params[name])) for name in ANALYSIS_SETTINGS)
+
+    def tokens(self, key: tuple | None, analyzer: Callable[[str], list[str]], texts: Sequence[str]) -> list[list[str]]:
+        texts = tuple(texts)
+        latest = self._latest.get(key) if key is not None else None
+        if latest is not None and latest[0] == texts:
+            return latest[1]
+        tokens = [analyzer(text) for text in texts]
+        if key is not None:
+            self._latest[key] = (texts, tokens)  # one assignment: a concurrent reader sees old or new, whole
+        return tokens
+
+
+SHARED_ANALYSIS = SharedAnalysis()
+
 
 @dataclass
 class TfidfBlock:
@@ -34,6 +72,7 @@ class TfidfBlock:
     idf: np.ndarray | None
     sublinear_tf: bool
     l2_norm: bool
+    analysis_key: tuple | None = None
 
     @classmethod
     def from_vectorizer(cls, column: str, vectorizer: TfidfVectorizer) -> TfidfBlock | None:
@@ -46,6 +85,7 @@ class TfidfBlock:
             idf=vectorizer.idf_ if vectorizer.use_idf else None,
             sublinear_tf=vectorizer.sublinear_tf,
             l2_norm=vectorizer.norm == "l2",
+            analysis_key=SharedAnalysis.key(vectorizer),
         )
 
     @property
@@ -54,11 +94,11 @@ class TfidfBlock:
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         """The TF-IDF rows of ``texts``, as ``TfidfVectorizer.transform`` computes them."""
-        lookup, analyzer = self.vocabulary.get, self.analyzer
+        lookup = self.vocabulary.get
         indices: list[int] = []
         indptr = [0]
-        for text in texts:
-            indices.extend(i for i in map(lookup, analyzer(text)) if i is not None)
+        for tokens in SHARED_ANALYSIS.tokens(self.analysis_key, self.analyzer, texts):
+            indices.extend(i for i in map(lookup, tokens) if i is not None)
             indptr.append(len(indices))
         X = sp.csr_matrix(
             (np.ones(len(indices)), np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
