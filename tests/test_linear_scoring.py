@@ -70,24 +70,26 @@ def test_compiled_scorer_is_rebuilt_after_pickling_and_refitting():
     assert not np.allclose(restored.predict_proba(PROBE), before)
 
 
-def test_models_with_the_same_analysis_share_tokens_and_others_do_not():
-    """Topic and stance models analyse the same sentences: the second reuses the tokens, never wrong ones."""
-    from train.models.linear_scoring import SHARED_ANALYSIS, CompiledPipeline
-
+def test_cached_word_ids_give_the_same_scores_warm_and_across_models():
+    """Each char_wb block caches a word's feature ids; warm, interleaved and masked, scores stay sklearn's."""
     topic = fitted(TfidfLogReg, "topic")
-    stance = fitted(TfidfLogReg, "stance")
+    stance = fitted(TfidfLogReg, "stance", mask_target_actors=True)
     other = fitted(TfidfLogReg, "stance", char_ngram_range=[1, 3], lowercase=False)
     for model in (topic, stance, other, topic, other, stance):  # interleaved, as a service calls them
         np.testing.assert_allclose(model.predict_proba(PROBE), sklearn_scores(model), rtol=0, atol=1e-12)
-    char = {
-        m: next(
-            b
-            for b in CompiledPipeline.compile(m.pipeline_).features.blocks
-            if b.analysis_key and "char_wb" in str(b.analysis_key)
-        )
-        for m in (topic, stance, other)
-    }
-    texts = list(PROBE["text"])
-    first = SHARED_ANALYSIS.tokens(char[topic].analysis_key, char[topic].analyzer, texts)
-    assert SHARED_ANALYSIS.tokens(char[stance].analysis_key, char[stance].analyzer, texts) is first
-    assert char[other].analysis_key != char[topic].analysis_key
+    char = next(b for b in topic.compiled_.features.blocks if b.word_ids)
+    assert len(char.word_ids) > 100  # words seen while scoring PROBE
+
+
+@pytest.mark.parametrize("ngram_range", [(2, 5), (1, 3), (3, 3)])
+@pytest.mark.parametrize("options", [{}, {"lowercase": False}, {"strip_accents": "unicode"}])
+def test_cached_char_wb_analyzer_equals_sklearns(ngram_range, options):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from train.models.linear_scoring import CharWbAnalyzer
+
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=ngram_range, **options)
+    texts = [r["text"] for r in ROWS[:200]] + list(PROBE["text"]) + ["a I  é\tCafé\n\nx", "Ünïcode — “quotes” 5%"]
+    reference, cached = vectorizer.build_analyzer(), CharWbAnalyzer(vectorizer)
+    for _ in range(2):  # cold, then from the word cache
+        assert [cached(t) for t in texts] == [reference(t) for t in texts]

@@ -11,8 +11,8 @@ calibrated SVM head) keep the fast features and use the classifier's own ``predi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,43 +23,46 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline
 
-ANALYSIS_SETTINGS = (
-    "input", "encoding", "decode_error", "strip_accents", "lowercase", "preprocessor",
-    "tokenizer", "stop_words", "token_pattern", "ngram_range", "analyzer",
-)  # fmt: skip
+WORD_CACHE_SIZE = 50_000  # words per char_wb block; the cache starts over when full
 
 
-class SharedAnalysis:
-    """Tokens of the latest batch, per analyzer setting.
+def word_char_ngrams(word: str, min_n: int, max_n: int) -> tuple[str, ...]:
+    """The ``char_wb`` n-grams of one word, padded with spaces, as sklearn lists them."""
+    padded = f" {word} "
+    grams: list[str] = []
+    for n in range(min_n, max_n + 1):
+        if len(padded) <= n:  # a word shorter than n counts once, whole
+            grams.append(padded)
+            break
+        grams.extend(padded[i : i + n] for i in range(len(padded) - n + 1))
+    return tuple(grams)
 
-    The topic and the stance model analyse the same sentences with the same settings (character
-    2–5-grams dominate the cost), so the second model reuses the first one's tokens. Only the most
-    recent batch is kept per setting, so memory stays bounded by one batch.
+
+class CharWbAnalyzer:
+    """``TfidfVectorizer(analyzer="char_wb")``'s analyzer, word by word.
+
+    ``char_wb`` n-grams never cross a word boundary, so a block can keep each word's feature ids
+    (news reuses its words) instead of cutting and looking up the same n-grams again. Tests check it
+    returns what the vectorizer's own analyzer does.
     """
 
-    def __init__(self):
-        self._latest: dict[tuple, tuple[tuple[str, ...], list[list[str]]]] = {}
+    def __init__(self, vectorizer: TfidfVectorizer):
+        self.preprocess = vectorizer.build_preprocessor()
+        self.min_n, self.max_n = vectorizer.ngram_range
 
-    @staticmethod
-    def key(vectorizer: TfidfVectorizer) -> tuple | None:
-        """What determines the tokens; None for custom callables, whose output may differ per instance."""
-        params = vectorizer.get_params()
-        if any(callable(params[name]) for name in ("analyzer", "preprocessor", "tokenizer")):
-            return None
-        return tuple((name, repr(params[name])) for name in ANALYSIS_SETTINGS)
+    def words(self, text: str) -> list[str]:
+        return self.preprocess(text).split()
 
-    def tokens(self, key: tuple | None, analyzer: Callable[[str], list[str]], texts: Sequence[str]) -> list[list[str]]:
-        texts = tuple(texts)
-        latest = self._latest.get(key) if key is not None else None
-        if latest is not None and latest[0] == texts:
-            return latest[1]
-        tokens = [analyzer(text) for text in texts]
-        if key is not None:
-            self._latest[key] = (texts, tokens)  # one assignment: a concurrent reader sees old or new, whole
-        return tokens
+    def __call__(self, text: str) -> list[str]:
+        min_n, max_n = self.min_n, self.max_n
+        return [gram for word in self.words(text) for gram in word_char_ngrams(word, min_n, max_n)]
 
 
-SHARED_ANALYSIS = SharedAnalysis()
+def build_analyzer(vectorizer: TfidfVectorizer) -> Callable[[str], list[str]]:
+    """A word-by-word analyzer for ``char_wb`` on text input; the vectorizer's own for anything else."""
+    if vectorizer.analyzer == "char_wb" and vectorizer.input == "content":
+        return CharWbAnalyzer(vectorizer)
+    return vectorizer.build_analyzer()
 
 
 @dataclass
@@ -72,7 +75,7 @@ class TfidfBlock:
     idf: np.ndarray | None
     sublinear_tf: bool
     l2_norm: bool
-    analysis_key: tuple | None = None
+    word_ids: dict[str, list[int]] = field(default_factory=dict, repr=False)  # char_wb: a word's feature ids
 
     @classmethod
     def from_vectorizer(cls, column: str, vectorizer: TfidfVectorizer) -> TfidfBlock | None:
@@ -80,25 +83,41 @@ class TfidfBlock:
             return None
         return cls(
             column=column,
-            analyzer=vectorizer.build_analyzer(),
+            analyzer=build_analyzer(vectorizer),
             vocabulary=vectorizer.vocabulary_,
             idf=vectorizer.idf_ if vectorizer.use_idf else None,
             sublinear_tf=vectorizer.sublinear_tf,
             l2_norm=vectorizer.norm == "l2",
-            analysis_key=SharedAnalysis.key(vectorizer),
         )
 
     @property
     def width(self) -> int:
         return len(self.vocabulary)
 
+    def ids(self, tokens: Iterable[str]) -> list[int]:
+        """Feature ids of the tokens in the vocabulary."""
+        return [i for i in map(self.vocabulary.get, tokens) if i is not None]
+
+    def text_ids(self, text: str) -> list[int]:
+        analyzer = self.analyzer
+        if not isinstance(analyzer, CharWbAnalyzer):
+            return self.ids(analyzer(text))
+        cache, out = self.word_ids, []
+        for word in analyzer.words(text):
+            ids = cache.get(word)
+            if ids is None:
+                if len(cache) >= WORD_CACHE_SIZE:
+                    cache.clear()
+                ids = cache[word] = self.ids(word_char_ngrams(word, analyzer.min_n, analyzer.max_n))
+            out.extend(ids)
+        return out
+
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         """The TF-IDF rows of ``texts``, as ``TfidfVectorizer.transform`` computes them."""
-        lookup = self.vocabulary.get
         indices: list[int] = []
         indptr = [0]
-        for tokens in SHARED_ANALYSIS.tokens(self.analysis_key, self.analyzer, texts):
-            indices.extend(i for i in map(lookup, tokens) if i is not None)
+        for text in texts:
+            indices.extend(self.text_ids(text))
             indptr.append(len(indices))
         X = sp.csr_matrix(
             (np.ones(len(indices)), np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
