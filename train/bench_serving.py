@@ -199,7 +199,7 @@ def load_shapes(url: str, bodies, requests: int, concurrency: int) -> dict:
     """Open loop at 50 requests/s, then one-sentence and 20-sentence requests at fixed concurrency."""
     asyncio.run(closed_loop(url, bodies(50, 1), 2))  # warm-up
     return {
-        "one_sentence_at_50_rps": asyncio.run(open_loop(url, bodies(500, 1), 50.0)),
+        "one_sentence_at_50_rps": asyncio.run(open_loop(url, bodies(max(500, requests // 2), 1), 50.0)),
         "one_sentence": asyncio.run(closed_loop(url, bodies(requests, 1), concurrency)),
         "twenty_sentences": asyncio.run(closed_loop(url, bodies(max(20, requests // 4), 20), concurrency)),
     }
