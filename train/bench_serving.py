@@ -195,14 +195,22 @@ def save_bundle(topic_run: str, stance_run: str, folder: Path) -> Path:
     return path
 
 
-def load_shapes(url: str, bodies, requests: int, concurrency: int) -> dict:
-    """Open loop at 50 requests/s, then one-sentence and 20-sentence requests at fixed concurrency."""
-    asyncio.run(closed_loop(url, bodies(50, 1), 2))  # warm-up
-    return {
-        "one_sentence_at_50_rps": asyncio.run(open_loop(url, bodies(max(500, requests // 2), 1), 50.0)),
-        "one_sentence": asyncio.run(closed_loop(url, bodies(requests, 1), concurrency)),
-        "twenty_sentences": asyncio.run(closed_loop(url, bodies(max(20, requests // 4), 20), concurrency)),
-    }
+def load_shapes(
+    server: Server, path: str, bodies, requests: int, concurrency: int, with_open_loop: bool = True
+) -> dict:
+    """Open loop at 50 requests/s (optional), then one- and 20-sentence requests at fixed concurrency; stops
+    ``server`` afterwards."""
+    url = server.base + path
+    try:
+        asyncio.run(closed_loop(url, bodies(50, 1), 2))  # warm-up
+        shapes = {}
+        if with_open_loop:
+            shapes["one_sentence_at_50_rps"] = asyncio.run(open_loop(url, bodies(max(500, requests // 2), 1), 50.0))
+        shapes["one_sentence"] = asyncio.run(closed_loop(url, bodies(requests, 1), concurrency))
+        shapes["twenty_sentences"] = asyncio.run(closed_loop(url, bodies(max(20, requests // 4), 20), concurrency))
+        return shapes
+    finally:
+        server.stop()
 
 
 def bench_model(topic_run: str, stance_run: str, requests: int, concurrency: int, quantised: bool = False) -> dict:
@@ -210,34 +218,20 @@ def bench_model(topic_run: str, stance_run: str, requests: int, concurrency: int
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     results: dict = {"topic_run": topic_run, "stance_run": stance_run}
     tagger = start_tagger(topic_run, stance_run, env)
-    try:
-        results["tagger_serve"] = load_shapes(tagger.base + "/v1/tag", tagger_bodies, requests, concurrency)
-    finally:
-        tagger.stop()
+    results["tagger_serve"] = load_shapes(tagger, "/v1/tag", tagger_bodies, requests, concurrency)
     with tempfile.TemporaryDirectory(prefix="tagger-bench-bundle-") as tmp:
         bundle = save_bundle(topic_run, stance_run, Path(tmp))
         command = ["mlflow", "models", "serve", "-m", str(bundle), "--env-manager", "local", "--host", "127.0.0.1"]
         mlflow_server = Server(command, "/ping", env)
-        try:
-            results["mlflow_models_serve"] = load_shapes(
-                mlflow_server.base + "/invocations", mlflow_bodies, requests, concurrency
-            )
-        finally:
-            mlflow_server.stop()
+        results["mlflow_models_serve"] = load_shapes(
+            mlflow_server, "/invocations", mlflow_bodies, requests, concurrency
+        )
     if quantised:
         # not the same model (int8 weights, scores within 0.1), so reported beside the comparison, not in it
-        tagger = start_tagger(topic_run, stance_run, env, backend="onnx-int8")
-        try:
-            url = tagger.base + "/v1/tag"
-            asyncio.run(closed_loop(url, tagger_bodies(50, 1), 2))  # warm-up
-            results["tagger_serve_onnx_int8"] = {
-                "one_sentence": asyncio.run(closed_loop(url, tagger_bodies(requests, 1), concurrency)),
-                "twenty_sentences": asyncio.run(
-                    closed_loop(url, tagger_bodies(max(20, requests // 4), 20), concurrency)
-                ),
-            }
-        finally:
-            tagger.stop()
+        int8 = start_tagger(topic_run, stance_run, env, backend="onnx-int8")
+        results["tagger_serve_onnx_int8"] = load_shapes(
+            int8, "/v1/tag", tagger_bodies, requests, concurrency, with_open_loop=False
+        )
     results["throughput_vs_mlflow_serve"] = {
         shape: round(
             results["tagger_serve"][shape]["throughput_rps"] / results["mlflow_models_serve"][shape]["throughput_rps"],

@@ -235,13 +235,11 @@ def split_seeds(seeds_dir: str, output: str) -> None:
 @click.option("--rollback", is_flag=True, help="Swap 'champion' and 'previous' instead (undo the last promotion).")
 def promote(task: str, metric: str, dry_run: bool, rollback: bool) -> None:
     """Register the best finished run of TASK as tagger-<task> and move the 'champion' alias to it."""
-    from train import tracking
     from train.promote import promote as run_promote
     from train.promote import register_bundle, registered_name
     from train.promote import rollback as run_rollback
 
     if rollback:
-        tracking.setup()
         champion, previous = run_rollback(task, dry_run)
         verb = "would be" if dry_run else "is now"
         click.echo(f"{registered_name(task)} v{champion} {verb} @champion, v{previous} @previous")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
@@ -12,11 +10,13 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from train.tracking import safe_name
+
 
 def per_label(label: str, values: dict[str, float]) -> dict[str, float]:
-    """``{"f1": x}`` → ``{"f1_<label>": x}``, with characters MLflow refuses in a metric name (``&``, ``(``, ...)
-    replaced by ``_``, so a benchmark's label such as "Business & Finance" logs as ``f1_Business _ Finance``."""
-    name = re.sub(r"[^\w./\- :]", "_", str(label))
+    """``{"f1": x}`` → ``{"f1_<label>": x}``, with the label made safe for MLflow, so a benchmark's label
+    such as "Business & Finance" logs as ``f1_Business _ Finance``."""
+    name = safe_name(label)
     return {f"{key}_{name}": value for key, value in values.items()}
 
 

@@ -1,9 +1,9 @@
 """Promote the best finished run of a task to the MLflow Model Registry as its ``champion``.
 
-The winner is the run with the highest metric (ties: higher dev macro F1, then newer). It is
-registered as ``tagger-<task>``; the alias ``champion`` moves to the new version and ``previous``
-to the former champion. Why it won (its metric values and the runner-up's) goes into the version's
-description and tags.
+The winner is the run with the best metric (highest; lowest for losses, time and size; ties: higher
+dev macro F1, then newer). It is registered as ``tagger-<task>``; the alias ``champion`` moves to the
+new version and ``previous`` to the former champion. Why it won (its metric values and the
+runner-up's) goes into the version's description and tags.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ def promote(task: str, metric: str = "seeds/f1_macro", dry_run: bool = False) ->
 
 def rollback(task: str, dry_run: bool = False) -> tuple[str, str]:
     """Swap ``champion`` and ``previous`` of ``tagger-<task>``; return (new champion, new previous) versions."""
+    tracking.setup()
     client = mlflow.MlflowClient()
     name = registered_name(task)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import mlflow
 import pandas as pd
 
@@ -76,7 +78,5 @@ def render_table(table: pd.DataFrame, metric: str) -> None:
         out.add_column(str(column), justify="right" if table[column].dtype.kind == "f" else "left")
     for row in table.itertuples(index=False):
         out.add_row(*["" if pd.isna(v) else str(v) for v in row])
-    import sys
-
     # a pipe or CI log gets a wide table instead of one wrapped at 80 columns
     Console(width=None if sys.stdout.isatty() else 180).print(out)

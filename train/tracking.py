@@ -154,7 +154,12 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-_PARAM_NAME = re.compile(r"^[\w./\- :]+$")  # what MLflow accepts in a param name
+_REFUSED_IN_NAMES = re.compile(r"[^\w./\- :]")  # MLflow's param and metric names allow only these characters
+
+
+def safe_name(name: str) -> str:
+    """``name`` with the characters MLflow refuses in param and metric names (``&``, ``(``, ...) made ``_``."""
+    return _REFUSED_IN_NAMES.sub("_", str(name))
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -166,7 +171,7 @@ def flatten(data: dict, prefix: str = "") -> dict[str, str]:
     flat = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value and all(_PARAM_NAME.match(str(k)) for k in value):
+        if isinstance(value, dict) and value and all(str(k) and safe_name(k) == str(k) for k in value):
             flat.update(flatten(value, f"{name}."))
         elif isinstance(value, dict) and value:
             flat[name] = json.dumps(value, ensure_ascii=False)[:6000]

@@ -8,6 +8,7 @@ pair it is.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -110,16 +111,17 @@ class TfidfClassifier(TextClassifier):
         self.pipeline_.fit(inputs, Y)
         self.__dict__.pop("compiled_", None)
 
+    @cached_property
+    def compiled_(self) -> CompiledPipeline | None:
+        """The fitted pipeline as a fast scorer (None if it cannot be); built on first use, never saved."""
+        return CompiledPipeline.compile(self.pipeline_)
+
     def _scores(self, X: pd.DataFrame) -> np.ndarray:
-        compiled = self.__dict__.get("compiled_")
-        if compiled is None:
-            compiled = self.compiled_ = CompiledPipeline.compile(self.pipeline_) or False
-        if compiled is False:
+        if self.compiled_ is None:
             return self.pipeline_.predict_proba(pd.DataFrame(self._inputs(X)))
-        return compiled.predict_proba(self._inputs(X))
+        return self.compiled_.predict_proba(self._inputs(X))
 
     def __getstate__(self) -> dict:
-        # the compiled scorer is rebuilt from the fitted pipeline on first use; it is not saved
         return {k: v for k, v in self.__dict__.items() if k != "compiled_"}
 
 
