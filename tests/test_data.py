@@ -147,3 +147,28 @@ def test_parquet_with_binary_label_columns_and_int_classes(tmp_path):
     )
     assert stance.labels == ["against", "favor"]
     assert stance.frame["target"].tolist() == ["T", "T"]
+
+
+def test_eval_set_with_an_unknown_extension_is_read_in_the_training_format(tmp_path):
+    """A benchmark's train.txt and test.txt: one ``data.format`` covers both."""
+    from train.config import Config
+    from train.data import load_for
+
+    for name in ("train.txt", "test.txt"):
+        (tmp_path / name).write_bytes("ID\tTweet\tStance\n1\tGas caf\u00e9 deal\tFAVOR\n".encode("cp1252"))
+    config = Config.model_validate(
+        {
+            "task": {"name": "bench", "type": "multiclass", "labels": STANCES},
+            "data": {
+                "train": str(tmp_path / "train.txt"),
+                "format": "tsv",
+                "encoding": "cp1252",
+                "columns": {"id": "ID", "text": "Tweet", "labels": "Stance"},
+                "label_map": {"FAVOR": "favor"},
+            },
+            "model": {"family": "tfidf_logreg"},
+            "evaluation": {"sets": [{"name": "test", "path": str(tmp_path / "test.txt")}]},
+        }
+    )
+    test = load_for(config, config.evaluation.sets[0])
+    assert test.texts == ["Gas caf\u00e9 deal"] and test.labels == ["favor"]
