@@ -42,23 +42,44 @@ class MicroBatcher:
             while not self._queue.empty() and size < self.max_batch_sentences:
                 batch.append(self._queue.get_nowait())
                 size += len(batch[-1][0])
+            batch = [job for job in batch if not job[2].done()]  # requests that gave up (deadline) are skipped
+            if not batch:
+                continue
             tagger = self.get_tagger()  # a reload takes effect from the next batch; this one finishes as is
-            flat = [{**sentence, "target": target} for sentences, target, _ in batch for sentence in sentences]
             try:
-                results = await loop.run_in_executor(self._executor, tagger.tag_sentences, flat, None)
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                results = await loop.run_in_executor(self._executor, self._tag_batch, tagger, batch)
+            except Exception:  # noqa: BLE001 - one bad request must not fail the others: retry each alone
+                for job in batch:
+                    await self._run_alone(loop, tagger, job)
                 continue
             start = 0
             for sentences, _, future in batch:
                 part = results[start : start + len(sentences)]
                 start += len(sentences)
-                for index, row in enumerate(part):
-                    row["index"] = index
-                if not future.done():
-                    future.set_result((part, tagger.versions))
+                self._answer(future, part, tagger)
+
+    @staticmethod
+    def _tag_batch(tagger: Tagger, batch: list) -> list[dict]:
+        flat = [{**sentence, "target": target} for sentences, target, _ in batch for sentence in sentences]
+        return tagger.tag_sentences(flat, None)
+
+    async def _run_alone(self, loop: asyncio.AbstractEventLoop, tagger: Tagger, job: tuple) -> None:
+        """Tag one request on its own; its failure goes to it alone."""
+        future = job[2]
+        try:
+            results = await loop.run_in_executor(self._executor, self._tag_batch, tagger, [job])
+        except Exception as exc:  # noqa: BLE001 - handed to the request that caused it
+            if not future.done():
+                future.set_exception(exc)
+            return
+        self._answer(future, results, tagger)
+
+    @staticmethod
+    def _answer(future: asyncio.Future, part: list[dict], tagger: Tagger) -> None:
+        for index, row in enumerate(part):
+            row["index"] = index
+        if not future.done():
+            future.set_result((part, tagger.versions))
 
     def close(self) -> None:
         if self._worker is not None:

@@ -2,18 +2,24 @@
 
 ``POST /v1/tag`` tags ``{"text": ...}`` (split into sentences, with offsets) or ``{"sentences": [...]}``,
 with an optional target; ``GET /healthz``, ``/readyz``, ``/v1/models``; ``POST /v1/admin/reload``
-(loopback only) swaps in the current champions while in-flight requests finish on the old ones;
-``GET /`` is a small tagging page. Oversize bodies and too many sentences answer 413; malformed
-input answers 422 with the reason.
+(bearer token, JSON, same origin) swaps in the current champions while in-flight requests finish on
+the old ones; ``GET /`` is a small tagging page.
+
+Limits keep one request from hurting others: oversize bodies and too many sentences answer 413,
+malformed input 422, a body that is not sent in time 408, and a request that runs past its
+deadline 503. A request that fails inside a micro-batch fails alone.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
+import hmac
 import logging
-import threading
+import time
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 from importlib import resources
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -21,10 +27,21 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from train.batching import MicroBatcher
-from train.errors import TaggerError
+from train.errors import DeadlineExceeded, TaggerError
+from train.sentences import MAX_SENTENCE_CHARS, is_blank
 from train.tagging import DEFAULT_TARGET, Tagger, sentence_dicts
 
 log = logging.getLogger("tagger")
+
+MAX_TARGET_CHARS = 200
+
+
+def _check_unicode(name: str, value: str) -> None:
+    """Refuse text that cannot be encoded (a lone surrogate such as ``"\\ud800"`` in the JSON)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"'{name}' has an unpaired surrogate at character {exc.start}; send valid Unicode") from None
 
 
 class TagRequest(BaseModel):
@@ -33,42 +50,53 @@ class TagRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str | None = Field(None, description="Text to split into sentences and tag.")
-    sentences: list[str] | None = Field(None, description="Sentences to tag as given.")
-    target: str | None = Field(None, description='Stance target, e.g. "closer Iran–Iraq ties".')
+    sentences: list[str] | None = Field(
+        None, description=f"Sentences to tag as given (at most {MAX_SENTENCE_CHARS} characters each)."
+    )
+    target: str | None = Field(
+        None, description=f'Stance target, e.g. "closer Iran–Iraq ties" (at most {MAX_TARGET_CHARS} characters).'
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> TagRequest:
         if (self.text is None) == (self.sentences is None):
             raise ValueError("give exactly one of 'text' or 'sentences'")
-        if self.text is not None and not self.text.strip():
-            raise ValueError("'text' is empty")
+        if self.text is not None:
+            _check_unicode("text", self.text)
+            if is_blank(self.text):
+                raise ValueError("'text' is empty")
         if self.sentences is not None:
             if not self.sentences:
                 raise ValueError("'sentences' is empty")
             for i, sentence in enumerate(self.sentences):
-                if not sentence.strip():
+                _check_unicode(f"sentences[{i}]", sentence)
+                if is_blank(sentence):
                     raise ValueError(f"'sentences[{i}]' is empty")
-        if self.target is not None and not self.target.strip():
-            raise ValueError("'target' is an empty string; leave it out to use the default target")
+                if len(sentence) > MAX_SENTENCE_CHARS:
+                    raise ValueError(
+                        f"'sentences[{i}]' has {len(sentence)} characters; at most {MAX_SENTENCE_CHARS} "
+                        "(send long text as 'text' to have it split)"
+                    )
+        if self.target is not None:
+            _check_unicode("target", self.target)
+            if is_blank(self.target):
+                raise ValueError("'target' is an empty string; leave it out to use the default target")
+            if len(self.target) > MAX_TARGET_CHARS:
+                raise ValueError(f"'target' has {len(self.target)} characters; at most {MAX_TARGET_CHARS}")
         return self
 
 
-def _is_loopback(host: str | None) -> bool:
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 class BodyLimit:
-    """Pure ASGI middleware: 413 for bodies over the limit, 422 for bodies that are not UTF-8.
+    """Pure ASGI middleware: 413 for bodies over the limit, 408 for bodies not sent within
+    ``read_timeout`` seconds, 422 for bodies that are not UTF-8.
 
     It buffers the (bounded) body once and replays it, without the overhead of ``BaseHTTPMiddleware``.
     """
 
-    def __init__(self, app, max_body_bytes: int):
+    def __init__(self, app, max_body_bytes: int, read_timeout: float = 10.0):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -78,8 +106,14 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             return await self._reply(send, 413, f"request body over {self.max_body_bytes} bytes")
         chunks, size, more = [], 0, True
+        deadline = time.monotonic() + self.read_timeout
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                return await self._reply(send, 408, f"request body not received within {self.read_timeout:g} s")
+            if message["type"] == "http.disconnect":
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
@@ -104,7 +138,25 @@ class BodyLimit:
 
     @staticmethod
     async def _reply(send, status: int, detail: str) -> None:
-        await JSONResponse({"detail": detail}, status_code=status)({"type": "http"}, None, send)
+        response = JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})
+        await response({"type": "http"}, None, send)
+
+
+def check_admin(request: Request, token: str | None) -> None:
+    """Admin calls need the bearer token, a JSON body and no foreign origin (no browser CSRF)."""
+    if not token:
+        raise HTTPException(403, "admin endpoints are disabled; start the server with TAGGER_ADMIN_TOKEN set")
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(403, "cross-origin admin requests are refused")
+    if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        raise HTTPException(403, "cross-origin admin requests are refused")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise HTTPException(415, "admin requests must be sent as application/json")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise HTTPException(401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"})
 
 
 def create_app(
@@ -113,19 +165,30 @@ def create_app(
     max_body_bytes: int = 1_000_000,
     max_sentences: int = 1_000,
     default_target: str = DEFAULT_TARGET,
+    request_timeout: float = 30.0,
+    admin_token: str | None = None,
 ) -> FastAPI:
-    """Build the app; ``load`` is called now (start-up errors surface before serving) and on reload."""
+    """Build the app; ``load`` is called now (start-up errors surface before serving) and on reload.
+
+    ``request_timeout`` bounds each request: reading its body, splitting its text and waiting for
+    its tags. ``admin_token`` enables ``/v1/admin/reload`` (disabled without one).
+    """
     state = {"tagger": load()}
     batcher = MicroBatcher(lambda: state["tagger"])
-    reload_lock = threading.Lock()
+    reload_lock = asyncio.Lock()  # an asyncio lock: a thread lock held across an await deadlocked the loop
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        batcher.close()
+
     app = FastAPI(
         title="tagger",
         version="1",
         description="Topic and stance tagging of news sentences.",
-        on_shutdown=[batcher.close],
+        lifespan=lifespan,
     )
-
-    app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes, read_timeout=min(request_timeout, 10.0))
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -143,26 +206,35 @@ def create_app(
             "topic_labels": tagger.topic.labels,
             "stance_labels": tagger.stance.labels,
             "default_target": default_target,
-            "limits": {"max_body_bytes": max_body_bytes, "max_sentences": max_sentences},
+            "limits": {
+                "max_body_bytes": max_body_bytes,
+                "max_sentences": max_sentences,
+                "max_sentence_chars": MAX_SENTENCE_CHARS,
+                "request_timeout_s": request_timeout,
+            },
         }
 
     @app.post("/v1/tag")
     async def tag(request: TagRequest) -> dict:
+        deadline = time.monotonic() + request_timeout
         target = request.target.strip() if request.target else default_target
-        if request.sentences is not None:
-            sentences = [{"text": s} for s in request.sentences]
-        else:
-            sentences = await run_in_threadpool(sentence_dicts, request.text)
-        if len(sentences) > max_sentences:
-            raise HTTPException(413, f"{len(sentences)} sentences; at most {max_sentences} per request")
-        results, versions = await batcher.tag(sentences, target)
+        try:
+            if request.sentences is not None:
+                sentences = [{"text": s} for s in request.sentences]
+            else:
+                sentences = await run_in_threadpool(sentence_dicts, request.text, deadline)
+            if len(sentences) > max_sentences:
+                raise HTTPException(413, f"{len(sentences)} sentences; at most {max_sentences} per request")
+            remaining = max(deadline - time.monotonic(), 0.001)
+            results, versions = await asyncio.wait_for(batcher.tag(sentences, target), timeout=remaining)
+        except (DeadlineExceeded, TimeoutError):
+            raise HTTPException(503, f"request ran past its {request_timeout:g} s deadline; send less text") from None
         return {"target": target, "models": versions, "sentences": results}
 
     @app.post("/v1/admin/reload")
     async def reload(request: Request) -> dict:
-        if not _is_loopback(request.client.host if request.client else None):
-            raise HTTPException(403, "reload is allowed from loopback only")
-        with reload_lock:
+        check_admin(request, admin_token)
+        async with reload_lock:
             try:
                 state["tagger"] = await run_in_threadpool(load)
             except TaggerError as exc:

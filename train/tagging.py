@@ -115,9 +115,12 @@ class Tagger:
         return self.tag_sentences(sentence_dicts(text), target)
 
 
-def sentence_dicts(text: str) -> list[dict]:
-    """Split ``text`` into the ``{"text", "start", "end"}`` dicts that ``Tagger.tag_sentences`` takes."""
-    sentences, _ = split_text(text, "input")
+def sentence_dicts(text: str, deadline: float | None = None) -> list[dict]:
+    """Split ``text`` into the ``{"text", "start", "end"}`` dicts that ``Tagger.tag_sentences`` takes.
+
+    ``deadline`` (a ``time.monotonic()`` value) stops the work with ``DeadlineExceeded``.
+    """
+    sentences, _ = split_text(text, "input", deadline=deadline)
     return [{"text": s.text, "start": s.start, "end": s.end} for s in sentences]
 
 
