@@ -125,6 +125,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 @pytest.fixture(scope="module")
 def server(registry):
     port = free_port()
@@ -140,9 +144,12 @@ def server(registry):
             "50",
             "--max-body-bytes",
             "100000",
+            "--request-timeout",
+            "4",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        env={**os.environ, "TAGGER_ADMIN_TOKEN": ADMIN_TOKEN},
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -210,7 +217,7 @@ def test_bad_input_is_refused_and_server_keeps_serving(server, kwargs, status, m
 
 
 def test_reload_swaps_models(server):
-    r = httpx.post(f"{server}/v1/admin/reload")
+    r = httpx.post(f"{server}/v1/admin/reload", json={}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["status"] == "reloaded"
 
 

@@ -32,6 +32,27 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def check_writable_file(path: str, option: str) -> None:
+    """Fail before any work when an output file could not be written (no folder, a folder in the way)."""
+    target = Path(path)
+    if target.is_dir():
+        raise TaggerError(f"{option} {path}: is a folder, expected a file path")
+    if not target.parent.is_dir():
+        raise TaggerError(f"{option} {path}: folder {target.parent} does not exist")
+    if not os.access(target.parent, os.W_OK):
+        raise TaggerError(f"{option} {path}: folder {target.parent} is not writable")
+
+
+def check_writable_folder(path: str, option: str) -> None:
+    """Fail before any work when an output folder could not be created or written."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise TaggerError(f"{option} {path}: exists and is not a folder")
+    existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise TaggerError(f"{option} {path}: cannot create it under {existing}")
+
+
 BACKEND_CHOICES = ("torch", "onnx", "onnx-int8")
 BACKEND_HELP = "Inference backend of transformer models (default: the one their config names)."
 
@@ -163,6 +184,10 @@ def evaluate(
     from train.evaluation import evaluate as run_eval
     from train.pyfunc import load_classifier
 
+    if output:
+        check_writable_file(output, "--output")
+    if report_dir:
+        check_writable_folder(report_dir, "--report-dir")
     classifier = load_classifier(model, backend)
     columns = Columns(
         labels=labels_column or LABEL_COLUMNS[classifier.task_type], target=None if classifier.multilabel else "target"
@@ -186,14 +211,17 @@ def evaluate(
 @click.option("--experiment", default=None, help="Experiment name (default: tagger-<task>).")
 @click.option("--limit", default=20, show_default=True, help="How many runs to show.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines instead of a table.")
-def runs(task: str, metric: str, experiment: str | None, limit: int, as_json: bool) -> None:
-    """List a task's finished runs as a table, best first by METRIC."""
+@click.option(
+    "--all", "every_status", is_flag=True, help="Also runs that are running, failed, killed or have no model."
+)
+def runs(task: str, metric: str, experiment: str | None, limit: int, as_json: bool, every_status: bool) -> None:
+    """List a task's finished runs that logged a model, best first by METRIC (--all: every run, with status)."""
     from train.runs import list_runs, render_table
 
-    table = list_runs(task, metric, experiment, limit)
+    table = list_runs(task, metric, experiment, limit, every_status)
     if as_json:
         for row in table.to_dict(orient="records"):
-            click.echo(json.dumps(row))
+            click.echo(json.dumps(row, default=str))
     else:
         render_table(table, metric)
 
@@ -331,43 +359,100 @@ def export(task: str, alias: str, out: str) -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--topic-model", default=None, help="Topic model URI or folder (default: the champion).")
 @click.option("--stance-model", default=None, help="Stance model URI or folder (default: the champion).")
-@click.option("--max-body-bytes", default=1_000_000, show_default=True, type=int)
-@click.option("--max-sentences", default=1_000, show_default=True, type=int)
+@click.option("--max-body-bytes", default=1_000_000, show_default=True, type=click.IntRange(1))
+@click.option("--max-sentences", default=1_000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--request-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds one request may take (body, splitting, tagging); 503 after that.",
+)
+@click.option(
+    "--admin-token-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="File holding the bearer token for /v1/admin/* (else $TAGGER_ADMIN_TOKEN; neither: admin disabled).",
+)
 @click.option("--backend", default=None, type=click.Choice(BACKEND_CHOICES), help=BACKEND_HELP)
-def serve(host, port, topic_model, stance_model, max_body_bytes, max_sentences, backend) -> None:
+def serve(
+    host, port, topic_model, stance_model, max_body_bytes, max_sentences, request_timeout, admin_token_file, backend
+) -> None:
     """Serve tagging over HTTP (FastAPI + uvicorn): POST /v1/tag, /healthz, /readyz, /v1/models, web page at /."""
-    import uvicorn
-
-    from train.serve import create_app
+    from train.serve import create_app, listen, run_server
     from train.tagging import Tagger
 
+    admin_token = read_admin_token(admin_token_file)
+    sock = listen(host, port)  # a port in use fails now, before the models load
+    if not is_loopback(host):
+        log.warning(
+            "serving on %s: reachable from other machines; the service has no authentication for /v1/tag "
+            "(put it behind a proxy that has)",
+            host,
+        )
     app = create_app(
         lambda: Tagger.load(topic_model, stance_model, backend),
         max_body_bytes=max_body_bytes,
         max_sentences=max_sentences,
+        request_timeout=request_timeout,
+        admin_token=admin_token,
     )
-    # hand the GIL between the event loop and the inference thread quickly (default 5 ms adds latency)
-    sys.setswitchinterval(0.0005)
-    log.info("serving on http://%s:%d (docs at /docs)", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if admin_token is None:
+        log.info("admin endpoints disabled (set TAGGER_ADMIN_TOKEN or --admin-token-file to enable reload)")
+    log.info("serving on http://%s:%d (docs at /docs)", host if ":" not in host else f"[{host}]", port)
+    run_server(app, sock)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def read_admin_token(path: str | None) -> str | None:
+    """The admin token from ``path``, else ``$TAGGER_ADMIN_TOKEN``; at least 16 characters."""
+    if path is not None:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise TaggerError(f"--admin-token-file {path}: cannot read it ({exc.strerror})") from None
+        source = f"--admin-token-file {path}"
+    else:
+        token = os.environ.get("TAGGER_ADMIN_TOKEN", "").strip()
+        source = "TAGGER_ADMIN_TOKEN"
+        if not token:
+            return None
+    if len(token) < 16:
+        raise TaggerError(f"{source}: the admin token needs at least 16 characters")
+    return token
+
+
+def one_line(message: str) -> str:
+    """A message folded onto one line (library errors often span several)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
 def main() -> None:
-    """Entry point: run the CLI; a TaggerError is one line on stderr and exit status 2."""
+    """Entry point: run the CLI; a user error is one line on stderr (``error: ...``) and exit status 2."""
     try:
         cli.main(standalone_mode=False)
     except TaggerError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(exc)}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        command = f"tagger {ctx.info_name}: " if ctx is not None and ctx.parent is not None else ""
+        click.echo(f"error: {command}{one_line(exc.format_message())}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ class DataConfig(_Strict):
     default_target: str | None = None
     allow_leakage: bool = False
     leakage_threshold: float = Field(0.8, gt=0, le=1)
+    max_text_chars: int = Field(10_000, ge=1)
 
     _encoding = field_validator("encoding")(_known_encoding)
 
@@ -207,7 +208,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         try:
             node[parts[-1]] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise TaggerError(f"--set {item!r}: cannot parse value: {exc}") from exc
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise TaggerError(f"--set {item!r}: cannot parse the value as YAML: {problem}") from None
     return raw
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from train.errors import TaggerError
+from train.sentences import is_blank
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,8 @@ def read_table(path: Path, fmt: str = "auto", encoding: str = "utf-8") -> tuple[
     try:
         frame = loaders[fmt](str(path)).to_pandas()
     except Exception as exc:  # the loaders raise many types; report them as a data error
-        raise TaggerError(f"{path}: cannot read as {fmt}: {exc}") from None
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise TaggerError(f"{path}: cannot read as {fmt}: {first}") from None
     if frame.empty:
         raise TaggerError(f"{path}: file has no records")
     if fmt in ("csv", "tsv"):
@@ -167,6 +169,7 @@ def load_labelled(
     label_separator: str | None = None,
     default_target: str | None = None,
     require_labels: bool = True,
+    max_text_chars: int | None = None,
 ) -> LabelledData:
     """Read and check a labelled file; map its columns and labels onto the task's schema."""
     path = Path(path)
@@ -207,16 +210,24 @@ def load_labelled(
             )
         return mapped
 
-    ids = frame[columns.id].astype(str).tolist() if columns.id else [str(n) for n in lines]
+    ids = frame[columns.id].tolist() if columns.id else [str(n) for n in lines]
     seen: dict[str, int] = {}
     records = []
     for i, record_id in enumerate(ids):
+        if record_id is None or (isinstance(record_id, float) and pd.isna(record_id)) or not str(record_id).strip():
+            raise TaggerError(f"{where(i)}: missing id in column '{columns.id}'")
+        record_id = str(record_id)
         if record_id in seen:
             raise TaggerError(f"{where(i)}: duplicate id '{record_id}' (first at line {seen[record_id]})")
         seen[record_id] = lines[i]
         text = frame[columns.text].iloc[i]
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or is_blank(text):
             raise TaggerError(f"{where(i, record_id)}: empty text in column '{columns.text}'")
+        if max_text_chars is not None and len(text) > max_text_chars:
+            raise TaggerError(
+                f"{where(i, record_id)}: text has {len(text)} characters, over the limit of {max_text_chars} "
+                "(data.max_text_chars); split it into sentences first"
+            )
         target = default_target
         if columns.target and columns.target in frame.columns:
             value = frame[columns.target].iloc[i]
@@ -279,4 +290,5 @@ def load_for(config, eval_set=None, require_labels: bool = True) -> LabelledData
         label_separator=pick("label_separator"),
         default_target=pick("default_target"),
         require_labels=require_labels,
+        max_text_chars=config.data.max_text_chars,
     )

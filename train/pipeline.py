@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import tempfile
 import time
+from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -19,6 +22,7 @@ from train.config import Config, dump_config
 from train.data import LabelledData, load_for
 from train.errors import TaggerError
 from train.evaluation import EvalResult, evaluate
+from train.models.base import TextClassifier
 from train.pyfunc import ARTIFACT_KEY, TaggerModel, predict_frame
 from train.registry import build_model
 from train.split import train_dev_split
@@ -63,13 +67,33 @@ def _dataset_frame(data: LabelledData) -> pd.DataFrame:
     return frame
 
 
-def train(config: Config, config_path: str | Path | None = None) -> str:
-    """Train and evaluate one config; return the MLflow run id."""
-    seed_everything(config.seed)
-    with step("loading and checking data"):
-        data = load_for(config)
-        eval_sets = {s.name: load_for(config, s) for s in config.evaluation.sets}
-        leak_counts = check_leakage(config, data, eval_sets)
+@dataclass
+class Prepared:
+    """Everything a run needs, loaded and checked before the run exists."""
+
+    data: LabelledData
+    eval_sets: dict[str, LabelledData]
+    leak_counts: dict[str, int]
+    train_part: LabelledData
+    dev_part: LabelledData
+    model: TextClassifier
+
+
+MIN_TRAINING_SENTENCES = 10
+
+
+def prepare(config: Config) -> Prepared:
+    """Load and check the data, split it, build the model and check the model can fit it.
+
+    Every user error (bad data, a setting the data refutes) surfaces here, before a run is created,
+    so nothing is left behind in the store.
+    """
+    data = load_for(config)
+    eval_sets = {s.name: load_for(config, s) for s in config.evaluation.sets}
+    leak_counts = check_leakage(config, data, eval_sets)
+    if len(data) < MIN_TRAINING_SENTENCES:
+        raise TaggerError(f"{data.path}: {len(data)} sentences; training needs at least {MIN_TRAINING_SENTENCES}")
+    try:
         train_idx, dev_idx = train_dev_split(
             data.frame,
             config.split.dev_fraction,
@@ -78,8 +102,49 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
             group_by_column=config.split.group_by_column,
             seed=config.split.seed,
         )
-        train_part = LabelledData(data.path, data.frame.iloc[train_idx].reset_index(drop=True), data.sha256)
-        dev_part = LabelledData(data.path, data.frame.iloc[dev_idx].reset_index(drop=True), data.sha256)
+    except ValueError as exc:
+        raise TaggerError(f"{data.path}: cannot split into train and dev: {exc}") from None
+    train_part = LabelledData(data.path, data.frame.iloc[train_idx].reset_index(drop=True), data.sha256)
+    dev_part = LabelledData(data.path, data.frame.iloc[dev_idx].reset_index(drop=True), data.sha256)
+    model = build_model(config.model.family, config.task.type, config.task.labels, config.model.params, config.seed)
+    check_trainable(config, train_part, model)
+    return Prepared(data, eval_sets, leak_counts, train_part, dev_part, model)
+
+
+def check_trainable(config: Config, train_part: LabelledData, model: TextClassifier) -> None:
+    """Refuse training labels a model cannot learn from, and settings the family says the data refutes."""
+    counts = Counter(label for value in train_part.labels for label in (value if isinstance(value, list) else [value]))
+    where = f"{train_part.path} (training part, {len(train_part)} sentences)"
+    if config.task.type == "multiclass":
+        missing = [label for label in config.task.labels if counts[label] == 0]
+        if missing:
+            found = ", ".join(f"{label} {counts[label]}" for label in config.task.labels)
+            raise TaggerError(
+                f"{where}: no sentence labelled {', '.join(repr(m) for m in missing)} ({found}); "
+                "a multi-class model must see every label: add data or remove it from task.labels"
+            )
+    elif not counts:
+        raise TaggerError(f"{where}: no sentence has any of the labels {', '.join(config.task.labels)}")
+    else:
+        for label in config.task.labels:
+            if counts[label] == 0:
+                log.warning("label '%s' has no training sentences; it will never be predicted", label)
+    try:
+        model.check_data(train_part.inputs, model.encode(train_part.labels))
+    except ValueError as exc:
+        raise TaggerError(f"{where}: {exc}") from None
+
+
+def train(config: Config, config_path: str | Path | None = None) -> str:
+    """Train and evaluate one config; return the MLflow run id.
+
+    Steps: ``prepare`` (data, split, model; all checks), open the run and log inputs, fit and tune
+    thresholds, evaluate on dev and every evaluation set, log the model and the reports.
+    """
+    seed_everything(config.seed)
+    with step("loading and checking data"):
+        prepared = prepare(config)
+    train_part, dev_part, eval_sets = prepared.train_part, prepared.dev_part, prepared.eval_sets
     log.info(
         "train %d, dev %d, eval sets: %s",
         len(train_part),
@@ -89,10 +154,45 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
     train_labels = {lab for v in train_part.labels for lab in (v if isinstance(v, list) else [v])}
 
     uri = tracking.setup(config.tracking.uri, config.experiment_name)
+    tracking.mark_stale_runs()
     stem = Path(config_path).stem if config_path else config.model.family
     run_name = config.tracking.run_name or f"{stem}-{time.strftime('%m%d-%H%M%S')}"
+    workdir = Path(tempfile.mkdtemp(prefix="tagger-run-"))
+    try:
+        with mlflow.start_run(run_name=run_name, tags=run_tags(config, config_path, prepared, workdir)) as run:
+            log.info(
+                "MLflow run %s (%s) in experiment '%s' at %s", run_name, run.info.run_id, config.experiment_name, uri
+            )
+            log_inputs(config, prepared)
+            model = prepared.model
+            with step(f"training {config.model.family}"):
+                start = time.perf_counter()
+                model.fit(train_part.inputs, train_part.labels, dev_part.inputs, dev_part.labels)
+                model.tune_thresholds(dev_part.inputs, dev_part.labels)
+                mlflow.log_metric("train_seconds", time.perf_counter() - start)
+                mlflow.log_metrics(model.model_info())
+            with step("evaluating"):
+                results = evaluate_all(config, model, [("dev", dev_part), *eval_sets.items()], train_labels, workdir)
+            write_run_files(config, run, run_name, prepared, results, workdir)
+            if config.tracking.log_model:
+                with step("logging model"):
+                    log_model(model, train_part, workdir)
+            # artifacts go up together at the end: a failed run leaves no partial reports
+            mlflow.log_artifacts(str(workdir / "reports"), "reports")
+            for name in ("summary.json", "config.yaml", "environment.json"):
+                mlflow.log_artifact(str(workdir / name))
+            mlflow.set_tag(
+                "thresholds", json.dumps(dict(zip(model.labels, map(float, model.thresholds_), strict=True)))
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return run.info.run_id
+
+
+def run_tags(config: Config, config_path, prepared: Prepared, workdir: Path) -> dict[str, str]:
+    """Provenance tags: task, family, git commit, dataset hashes, library versions, the owning process."""
     commit, dirty = tracking.git_commit()
-    tags = {
+    return {
         "task": config.task.name,
         "task_type": config.task.type,
         "model_family": config.model.family,
@@ -100,76 +200,71 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
         "git_dirty": str(dirty),
         "mlflow.source.git.commit": commit,
         "config_file": str(config_path or ""),
-        f"dataset_sha256.{data.path.name}": data.sha256,
-        **{f"dataset_sha256.{name}": d.sha256 for name, d in eval_sets.items()},
+        f"dataset_sha256.{prepared.data.path.name}": prepared.data.sha256,
+        **{f"dataset_sha256.{name}": d.sha256 for name, d in prepared.eval_sets.items()},
         **{f"version.{k}": v for k, v in tracking.library_versions().items()},
+        **tracking.process_tags(workdir),
     }
-    with mlflow.start_run(run_name=run_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
-        log.info("MLflow run %s (%s) in experiment '%s' at %s", run_name, run.info.run_id, config.experiment_name, uri)
-        out = Path(tmp)
-        mlflow.log_params(tracking.flatten(config.model_dump(mode="json", exclude={"extends"})))
-        mlflow.log_input(
-            mlflow.data.from_pandas(_dataset_frame(train_part), source=str(data.path), name=f"{data.path.name}:train"),
-            context="train",
-        )
-        mlflow.log_input(
-            mlflow.data.from_pandas(_dataset_frame(dev_part), source=str(data.path), name=f"{data.path.name}:dev"),
-            context="dev",
-        )
-        for name, d in eval_sets.items():
-            mlflow.log_input(mlflow.data.from_pandas(_dataset_frame(d), source=str(d.path), name=name), context="eval")
 
-        with step(f"training {config.model.family}"):
-            model = build_model(
-                config.model.family, config.task.type, config.task.labels, config.model.params, config.seed
-            )
-            start = time.perf_counter()
-            model.fit(train_part.inputs, train_part.labels, dev_part.inputs, dev_part.labels)
-            model.tune_thresholds(dev_part.inputs, dev_part.labels)
-            mlflow.log_metric("train_seconds", time.perf_counter() - start)
-            mlflow.log_metrics(model.model_info())
-        results: list[EvalResult] = []
-        with step("evaluating"):
-            for name, part in [("dev", dev_part), *eval_sets.items()]:
-                result = evaluate(
-                    model,
-                    part,
-                    name,
-                    bootstrap_samples=config.evaluation.bootstrap_samples,
-                    confidence=config.evaluation.confidence,
-                    seed=config.seed,
-                    train_labels=train_labels,
-                )
-                for warning in result.warnings:
-                    log.warning(warning)
-                results.append(result)
-                mlflow.log_metrics({f"{name}/{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
-                result.write(out / "reports")
-        summary = {
-            "run_id": run.info.run_id,
-            "run_name": run_name,
-            "task": config.task.name,
-            "family": config.model.family,
-            "train_size": len(train_part),
-            "dev_size": len(dev_part),
-            "leakage": leak_counts,
-            "thresholds": dict(zip(model.labels, map(float, model.thresholds_), strict=True)),
-            "metrics": {r.name: r.metrics for r in results},
-            "warnings": [w for r in results for w in r.warnings],
-        }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        (out / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-        (out / "environment.json").write_text(json.dumps(tracking.library_versions(), indent=2), "utf-8")
 
-        if config.tracking.log_model:
-            with step("logging model"):
-                log_model(model, train_part, out)
-        # artifacts go up together at the end: a failed run leaves no partial reports
-        mlflow.log_artifacts(str(out / "reports"), "reports")
-        for name in ("summary.json", "config.yaml", "environment.json"):
-            mlflow.log_artifact(str(out / name))
-        mlflow.set_tag("thresholds", json.dumps(summary["thresholds"]))
-    return run.info.run_id
+def log_inputs(config: Config, prepared: Prepared) -> None:
+    """The resolved config as params, and the train, dev and evaluation data through ``mlflow.data``."""
+    data = prepared.data
+    mlflow.log_params(tracking.flatten(config.model_dump(mode="json", exclude={"extends"})))
+    inputs = [
+        (prepared.train_part, str(data.path), f"{data.path.name}:train", "train"),
+        (prepared.dev_part, str(data.path), f"{data.path.name}:dev", "dev"),
+        *[(d, str(d.path), name, "eval") for name, d in prepared.eval_sets.items()],
+    ]
+    for part, source, name, context in inputs:
+        dataset = mlflow.data.from_pandas(_dataset_frame(part), source=source, name=name)
+        # runs started together may log the same new dataset at once; the loser retries and reuses it
+        tracking.retry_on_conflict(lambda dataset=dataset, context=context: mlflow.log_input(dataset, context=context))
+
+
+def evaluate_all(
+    config: Config, model: TextClassifier, parts: list[tuple[str, LabelledData]], train_labels: set, workdir: Path
+) -> list[EvalResult]:
+    """Evaluate on each named part, log ``<part>/<metric>`` and write its reports under ``workdir``."""
+    results = []
+    for name, part in parts:
+        result = evaluate(
+            model,
+            part,
+            name,
+            bootstrap_samples=config.evaluation.bootstrap_samples,
+            confidence=config.evaluation.confidence,
+            seed=config.seed,
+            train_labels=train_labels,
+        )
+        for warning in result.warnings:
+            log.warning(warning)
+        results.append(result)
+        mlflow.log_metrics({f"{name}/{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
+        result.write(workdir / "reports")
+    return results
+
+
+def write_run_files(
+    config: Config, run, run_name: str, prepared: Prepared, results: list[EvalResult], workdir: Path
+) -> None:
+    """``summary.json``, the resolved ``config.yaml`` and ``environment.json``, logged with the run."""
+    model = prepared.model
+    summary = {
+        "run_id": run.info.run_id,
+        "run_name": run_name,
+        "task": config.task.name,
+        "family": config.model.family,
+        "train_size": len(prepared.train_part),
+        "dev_size": len(prepared.dev_part),
+        "leakage": prepared.leak_counts,
+        "thresholds": dict(zip(model.labels, map(float, model.thresholds_), strict=True)),
+        "metrics": {r.name: r.metrics for r in results},
+        "warnings": [w for r in results for w in r.warnings],
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    (workdir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+    (workdir / "environment.json").write_text(json.dumps(tracking.library_versions(), indent=2), "utf-8")
 
 
 def log_model(model, train_part: LabelledData, out: Path):

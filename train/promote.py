@@ -54,8 +54,6 @@ def choose(task: str, metric: str = "seeds/f1_macro") -> Choice:
     if runs.empty or column not in runs.columns:
         raise TaggerError(f"no finished {task} run logged the metric '{metric}'")
     runs = runs[runs[column].notna()]
-    if "params.tracking.log_model" in runs.columns:
-        runs = runs[runs["params.tracking.log_model"] != "False"]
     if runs.empty:
         raise TaggerError(f"no finished {task} run with a logged model has the metric '{metric}'")
     runs = rank(runs, metric)
@@ -169,7 +167,9 @@ def register_bundle() -> str | None:
                 return None
             folders[task] = classifier_folder(f"models:/{registered_name(task)}@{CHAMPION}", str(Path(tmp) / task))
         with mlflow.start_run(
-            run_name="tagger-bundle", experiment_id=tracking.ensure_experiment("tagger-bundle")
+            run_name="tagger-bundle",
+            experiment_id=tracking.ensure_experiment("tagger-bundle"),
+            tags=tracking.process_tags(),
         ) as run:
             mlflow.set_tags({f"{task}_version": v.version for task, v in versions.items()})
             info = mlflow.pyfunc.log_model(name="model", **bundle_model_arguments(folders))

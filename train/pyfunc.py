@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from pathlib import Path
 
 import mlflow
@@ -42,9 +44,19 @@ def predict_frame(classifier: TextClassifier, inputs: pd.DataFrame) -> pd.DataFr
 
 
 def model_uri(reference: str) -> str:
-    """A run id, ``runs:/``/``models:/`` URI or local folder → an MLflow model URI."""
-    if "://" in reference or reference.startswith(("runs:/", "models:/")):
+    """A run id, ``runs:/``/``models:/`` URI or local folder → an MLflow model URI.
+
+    A logged model is a pickle: loading it runs its code. So models come only from the configured
+    tracking store (run ids, ``runs:/``, ``models:/``) or from a local folder the user names; other
+    URIs (``http://``, ``s3://``, ...) are refused.
+    """
+    if reference.startswith(("runs:/", "models:/")):
         return reference
+    if "://" in reference:
+        raise TaggerError(
+            f"model '{reference}': only run ids, runs:/ or models:/ URIs (from the configured tracking store) "
+            "or a local model folder are accepted"
+        )
     path = Path(reference)
     if path.exists():
         if not (path / "MLmodel").exists():
@@ -55,11 +67,29 @@ def model_uri(reference: str) -> str:
     raise TaggerError(f"model '{reference}': not a run id, models:/ or runs:/ URI, or a model folder")
 
 
+_LOAD_LOCK = threading.Lock()
+
+
+def load_pyfunc(uri: str):
+    """``mlflow.pyfunc.load_model`` without its lasting side effect on ``sys.path``.
+
+    MLflow prepends each model's ``code/`` folder to ``sys.path`` and never removes it, so every
+    reload of a server grew it. The package is already imported, so the path is restored after the load
+    (under a lock: ``sys.path`` is process-wide).
+    """
+    with _LOAD_LOCK:
+        saved = list(sys.path)
+        try:
+            return mlflow.pyfunc.load_model(uri)
+        finally:
+            sys.path[:] = saved
+
+
 def load_classifier(reference: str, backend: str | None = None) -> TextClassifier:
     """Load the tagger classifier behind a model reference, optionally choosing its backend."""
     uri = model_uri(reference)
     try:
-        loaded = mlflow.pyfunc.load_model(uri)
+        loaded = load_pyfunc(uri)
     except Exception as exc:  # MLflow raises several types for a bad reference
         raise TaggerError(f"model '{reference}': cannot load ({type(exc).__name__}: {exc})") from None
     wrapper = loaded.unwrap_python_model()

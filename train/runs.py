@@ -11,12 +11,35 @@ from train import tracking
 from train.errors import TaggerError
 
 
-def finished_runs(experiment: str, task: str) -> pd.DataFrame:
-    """Finished runs of an experiment; a clear error when the experiment does not exist."""
+def all_runs(experiment: str, task: str) -> pd.DataFrame:
+    """Every run of an experiment, whatever its status; a clear error when the experiment does not exist.
+
+    Runs left RUNNING by a process that died are marked KILLED first (``tracking.mark_stale_runs``).
+    """
     tracking.setup()
     if mlflow.get_experiment_by_name(experiment) is None:
         raise TaggerError(f"no experiment '{experiment}' in {mlflow.get_tracking_uri()}; train a {task} config first")
-    return mlflow.search_runs(experiment_names=[experiment], filter_string="attributes.status = 'FINISHED'")
+    tracking.mark_stale_runs()
+    return mlflow.search_runs(experiment_names=[experiment])
+
+
+def has_model(runs: pd.DataFrame) -> pd.Series:
+    """Which runs logged a model (``tracking.log_model`` was not false)."""
+    if "params.tracking.log_model" not in runs.columns:
+        return pd.Series(True, index=runs.index)
+    return runs["params.tracking.log_model"] != "False"
+
+
+def finished_runs(experiment: str, task: str) -> pd.DataFrame:
+    """The candidates for ranking, promotion and serving: finished runs that logged a model.
+
+    One rule for ``tagger runs``, ``tagger promote`` and the benchmarks: a run without a model can
+    never be chosen.
+    """
+    runs = all_runs(experiment, task)
+    if runs.empty:
+        return runs
+    return runs[(runs["status"] == "FINISHED") & has_model(runs)].reset_index(drop=True)
 
 
 LOWER_IS_BETTER = {"train_seconds", "model_size_mb", "model_parameters"}
@@ -40,12 +63,20 @@ def rank(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     )
 
 
-def list_runs(task: str, metric: str, experiment: str | None = None, limit: int = 20) -> pd.DataFrame:
-    """Finished runs of a task, best first by ``metric`` (then dev macro F1, then newest)."""
-    frame = finished_runs(experiment or f"tagger-{task}", task)
+def list_runs(
+    task: str, metric: str, experiment: str | None = None, limit: int = 20, every_status: bool = False
+) -> pd.DataFrame:
+    """Finished runs with a model, best first by ``metric`` (then dev macro F1, then newest).
+
+    ``every_status`` lists all runs instead (running, failed, killed, without a model), with their status.
+    """
+    name = experiment or f"tagger-{task}"
+    frame = all_runs(name, task) if every_status else finished_runs(name, task)
     if frame.empty:
         return pd.DataFrame(columns=["run_id", "run_name", "family", metric])
     column = f"metrics.{metric}"
+    if every_status and column not in frame.columns:
+        frame[column] = float("nan")
     if column not in frame.columns:
         known = sorted(c.removeprefix("metrics.") for c in frame.columns if c.startswith("metrics."))
         raise TaggerError(f"no run logged metric '{metric}'; known metrics include: {', '.join(known[:12])}")
@@ -66,6 +97,9 @@ def list_runs(task: str, metric: str, experiment: str | None = None, limit: int 
         "dev/f1_macro": frame["metrics.dev/f1_macro"].round(4),
         "started": frame["start_time"].dt.strftime("%Y-%m-%d %H:%M"),
     }
+    if every_status:
+        shown["status"] = frame["status"]
+        shown["model"] = ((frame["status"] == "FINISHED") & has_model(frame)).map({True: "yes", False: "no"})
     return pd.DataFrame(shown).head(limit).reset_index(drop=True)
 
 

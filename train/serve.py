@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -142,6 +145,18 @@ class BodyLimit:
         await response({"type": "http"}, None, send)
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error that echoes a lone surrogate back still encodes."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with pydantic's reasons, as FastAPI's own handler, but safe for any input it quotes."""
+    return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+
 def check_admin(request: Request, token: str | None) -> None:
     """Admin calls need the bearer token, a JSON body and no foreign origin (no browser CSRF)."""
     if not token:
@@ -189,6 +204,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes, read_timeout=min(request_timeout, 10.0))
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -247,3 +263,36 @@ def create_app(
         return resources.files("train").joinpath("static/index.html").read_text(encoding="utf-8")
 
     return app
+
+
+def listen(host: str, port: int):
+    """A listening socket on ``host:port``; a port in use (or a bad address) is a clear error now."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise TaggerError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise TaggerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_server(app: FastAPI, sock) -> None:
+    """Run ``app`` under uvicorn on an already bound socket; SIGTERM stops it within a few seconds."""
+    import sys
+
+    import uvicorn
+
+    # hand the GIL between the event loop and the inference thread quickly (default 5 ms adds latency)
+    sys.setswitchinterval(0.0005)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -8,10 +8,14 @@ points at a tracking server (e.g. one backed by PostgreSQL) without a code chang
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import re
+import shutil
+import socket
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 from importlib import metadata
@@ -22,6 +26,8 @@ import mlflow
 
 from train.config import PROJECT_ROOT
 from train.errors import TaggerError
+
+log = logging.getLogger("tagger")
 
 TRACKED_LIBRARIES = (
     "scikit-learn",
@@ -102,26 +108,163 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def setup(configured_uri: str | None = None, experiment: str | None = None) -> str:
-    """Point MLflow at the store (and registry) and make sure ``experiment`` exists."""
+    """Point MLflow at the store (and registry), create its schema once, and make sure ``experiment`` exists."""
     uri = tracking_uri(configured_uri)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    initialize_store(uri)
     if experiment:
         ensure_experiment(experiment)
         mlflow.set_experiment(experiment)
     return uri
 
 
+_INITIALIZED: set[str] = set()
+_INIT_LOCK = threading.Lock()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and in-memory SQLite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def initialize_store(uri: str) -> None:
+    """Create or upgrade the store's schema once, safely when several processes start on a new store.
+
+    MLflow creates (and migrates) a SQLite schema on first use in each process; two processes doing
+    that at once corrupt the store ("table _alembic_tmp_... already exists"). A file lock beside the
+    database serialises that first use; afterwards every process finds the schema current. Tracking
+    servers and databases initialise their schema once themselves (``mlflow server``, ``mlflow db upgrade``).
+    """
+    with _INIT_LOCK:
+        if uri in _INITIALIZED:
+            return
+        path = sqlite_path(uri)
+        if path is None:
+            _INITIALIZED.add(uri)
+            return
+        from filelock import FileLock
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.lock", timeout=300):
+            client = mlflow.MlflowClient(uri, registry_uri=uri)
+            client.search_experiments(max_results=1)  # tracking schema
+            client.search_registered_models(max_results=1)  # registry schema (same database)
+        _INITIALIZED.add(uri)
+
+
 def ensure_experiment(name: str) -> str:
-    """Id of experiment ``name``, created if missing (embedded store: artifacts under ``mlartifacts/``)."""
+    """Id of experiment ``name``, created if missing (embedded store: artifacts under ``mlartifacts/``).
+
+    Two processes may both find it missing; the one that loses the race uses the winner's.
+    """
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     embedded = mlflow.get_tracking_uri().startswith("sqlite:")
     location = (home() / "mlartifacts").resolve().as_uri() if embedded else None
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def retry_on_conflict(action, attempts: int = 5):
+    """Run ``action()``; retry when a concurrent writer won a uniqueness race (e.g. the same dataset
+    logged by two runs at once: "UNIQUE constraint failed: datasets")."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return action()
+        except mlflow.exceptions.MlflowException as exc:
+            text = str(exc).lower()
+            conflict = "unique constraint" in text or "already exists" in text or "duplicate key" in text
+            if not conflict or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+# --- runs left RUNNING by a process that died (kill -9, OOM, power loss) ----------------------------
+PID_TAG, HOST_TAG, STARTED_TAG, WORKDIR_TAG = "tagger.pid", "tagger.host", "tagger.process_started", "tagger.workdir"
+
+
+def process_tags(workdir: str | Path | None = None) -> dict[str, str]:
+    """Tags that let a later command tell whether the process running a run is still alive."""
+    import psutil
+
+    tags = {
+        PID_TAG: str(os.getpid()),
+        HOST_TAG: socket.gethostname(),
+        STARTED_TAG: f"{psutil.Process().create_time():.2f}",
+    }
+    if workdir is not None:
+        tags[WORKDIR_TAG] = str(workdir)
+    return tags
+
+
+def _process_alive(pid: str, started: str | None) -> bool:
+    import psutil
+
+    try:
+        process = psutil.Process(int(pid))
+        return started is None or abs(process.create_time() - float(started)) < 1.0  # else the pid was reused
+    except (ValueError, psutil.NoSuchProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def mark_stale_runs() -> list[str]:
+    """Mark KILLED the RUNNING runs of this host whose process is gone; remove their work folders.
+
+    A run killed with ``kill -9`` never ends itself, so the next command on the store ends it. Runs
+    from other hosts are left alone (their processes cannot be checked from here).
+    """
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    running = client.search_runs(
+        experiments, filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'", max_results=1000
+    )
+    killed = []
+    for run in running:
+        tags = run.data.tags
+        if PID_TAG not in tags or _process_alive(tags[PID_TAG], tags.get(STARTED_TAG)):
+            continue
+        client.set_tag(run.info.run_id, "tagger.ended_by", f"process {tags[PID_TAG]} died without ending the run")
+        client.set_terminated(run.info.run_id, "KILLED")
+        _fail_pending_models(client, run.info.experiment_id, run.info.run_id)
+        workdir = tags.get(WORKDIR_TAG)
+        if workdir and Path(workdir).name.startswith("tagger-run-"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        killed.append(run.info.run_id)
+        log.warning(
+            "run %s was left RUNNING by process %s, which is gone: marked KILLED", run.info.run_id, tags[PID_TAG]
+        )
+    return killed
+
+
+def _fail_pending_models(client: mlflow.MlflowClient, experiment_id: str, run_id: str) -> None:
+    """Logged models of a dead run that never finished uploading are marked FAILED."""
+    from mlflow.entities import LoggedModelStatus
+
+    try:
+        models = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    except mlflow.exceptions.MlflowException:
+        return
+    for model in models:
+        if model.status == LoggedModelStatus.PENDING:
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
 
 
 def git_commit() -> tuple[str, bool]:

@@ -95,6 +95,13 @@ class TextClassifier:
             raise ValueError(f"{type(self).__name__} has no '{backend}' backend (it has: {', '.join(self.backends)})")
 
     # --- subclass hooks -------------------------------------------------------------------
+    def check_data(self, X: pd.DataFrame, Y: np.ndarray) -> None:
+        """Raise ``ValueError`` (naming the param) when this family cannot fit ``X``/``Y`` as configured.
+
+        Called before a run is created, so a setting that only the data can refute (``min_df``
+        above the corpus size, more calibration folds than examples) never leaves a failed run.
+        """
+
     def _fit(self, X: pd.DataFrame, Y: np.ndarray, X_dev: pd.DataFrame | None, Y_dev: np.ndarray | None):
         raise NotImplementedError
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -43,6 +43,13 @@ class TfidfParams(BaseModel):
     C: float = Field(4.0, gt=0)
     class_weight: Literal["balanced"] | None = "balanced"
 
+    @field_validator("word_ngram_range", "char_ngram_range")
+    @classmethod
+    def _ngram_range(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not 1 <= value[0] <= value[1]:
+            raise ValueError(f"needs 1 <= min <= max, got [{value[0]}, {value[1]}]")
+        return value
+
 
 class TfidfClassifier(TextClassifier):
     """TF-IDF features + a linear classifier; the classifier is chosen by the subclass."""
@@ -62,7 +69,7 @@ class TfidfClassifier(TextClassifier):
             texts = [mask_actors(t, g) for t, g in zip(texts, targets, strict=True)]
         return {"text": texts, "target": targets}
 
-    def _features(self) -> ColumnTransformer:
+    def _features(self, use_target: bool) -> ColumnTransformer:
         p = self.params
         blocks = [
             (
@@ -92,22 +99,30 @@ class TfidfClassifier(TextClassifier):
                     "text",
                 )
             )
-        if p["use_target"] and not self.multilabel:
+        if use_target:
             blocks.append(("target", TfidfVectorizer(lowercase=True), "target"))
         return ColumnTransformer(blocks)
 
     def _classifier(self):
         raise NotImplementedError
 
+    def check_data(self, X: pd.DataFrame, Y: np.ndarray) -> None:
+        """``min_df`` cannot exceed the number of training sentences (no term would remain)."""
+        if self.params["min_df"] > len(X):
+            raise ValueError(
+                f"model.params.min_df is {self.params['min_df']} but training has only {len(X)} sentences"
+            )
+
     def _fit(self, X, Y, X_dev, Y_dev) -> None:
         inputs = pd.DataFrame(self._inputs(X))
-        if self.params["use_target"] and not self.multilabel and not any(t.strip() for t in inputs["target"]):
-            # no targets in the data: drop the empty target block rather than fail on an empty vocabulary
-            self.params = {**self.params, "use_target": False}
+        # no targets in the data: no target block (an empty vocabulary would fail); params stay as given
+        self.use_target_ = (
+            self.params["use_target"] and not self.multilabel and any(t.strip() for t in inputs["target"])
+        )
         classifier = self._classifier()
         if self.multilabel:
             classifier = OneVsRestClassifier(classifier)
-        self.pipeline_ = Pipeline([("features", self._features()), ("classifier", classifier)])
+        self.pipeline_ = Pipeline([("features", self._features(self.use_target_)), ("classifier", classifier)])
         self.pipeline_.fit(inputs, Y)
         self.__dict__.pop("compiled_", None)
 
@@ -146,6 +161,22 @@ class TfidfSvm(TfidfClassifier):
     """TF-IDF + linear SVM, with probabilities calibrated by cross-validation."""
 
     Params = TfidfSvmParams
+
+    def check_data(self, X: pd.DataFrame, Y: np.ndarray) -> None:
+        """Calibration's cross-validation needs ``calibration_folds`` examples of each class."""
+        super().check_data(X, Y)
+        folds = self.params["calibration_folds"]
+        columns = Y.T if self.multilabel else [Y == j for j in range(len(self.labels))]
+        for label, column in zip(self.labels, columns, strict=True):
+            positives = int(np.sum(column))
+            if self.multilabel and positives == 0:
+                continue  # a label absent from training gets a constant score, no calibration
+            fewest = min(positives, len(column) - positives) if self.multilabel else positives
+            if fewest < folds:
+                raise ValueError(
+                    f"model.params.calibration_folds is {folds} but label '{label}' has only {fewest} "
+                    "training sentences on one side; lower calibration_folds or add data"
+                )
 
     def _classifier(self):
         svm = LinearSVC(C=self.params["C"], class_weight=self.params["class_weight"], random_state=self.seed)
