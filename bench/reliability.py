@@ -148,11 +148,14 @@ class Processes:
     def __init__(self) -> None:
         self._procs: list[subprocess.Popen] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def start(self, args: list[str], **kwargs: Any) -> subprocess.Popen:
-        """Start ``args`` in a new session (its own process group) and remember it."""
-        proc = subprocess.Popen(args, start_new_session=True, **kwargs)
+        """Start ``args`` in a new session (its own process group) and remember it; refused once stopping."""
         with self._lock:
+            if self._closed:
+                raise BenchError("the bench is stopping; no new processes")
+            proc = subprocess.Popen(args, start_new_session=True, **kwargs)
             self._procs.append(proc)
         return proc
 
@@ -166,8 +169,9 @@ class Processes:
                 pass
 
     def kill_all(self) -> None:
-        """SIGKILL every process group started here that is still alive, and reap them."""
+        """SIGKILL every process group started here that is still alive, reap them, and start no more."""
         with self._lock:
+            self._closed = True
             procs = list(self._procs)
         for proc in procs:
             self.kill(proc)
@@ -557,10 +561,12 @@ class KillPhase:
     delay: float
 
 
+# fit and logging first, so that the load-phase kill also hits a store in use (a new store has no
+# experiment yet, and `runs` rightly refuses an experiment that does not exist)
 KILL_PHASES = (
-    KillPhase("load", "loading and checking data ...", 0.3),
     KillPhase("fit", "training tfidf_svm ...", 1.0),
     KillPhase("logging", "logging model ...", 0.4),
+    KillPhase("load", "loading and checking data ...", 0.3),
 )
 
 
@@ -1100,9 +1106,11 @@ def section_bad_inputs(bench: Bench) -> dict:
     results: list[CaseResult] = []
     errors = []
     say("bad_inputs: config and data cases (each on its own new store, two at a time)")
-    results += run_isolated_cases(bench, config_cases(bench) + data_cases(bench))
+    with ThreadPoolExecutor(max_workers=1) as background:  # the models train meanwhile (uses the idle time)
+        models = background.submit(bench.models)
+        results += run_isolated_cases(bench, config_cases(bench) + data_cases(bench))
     try:
-        home, runs = bench.models()
+        home, runs = models.result()
         with ListeningSocket() as busy:
             for i, case in enumerate(cli_cases(bench, runs, busy.port)):
                 result = run_cli_case(home, case, home.path / "cli-work" / f"{i:02d}")
@@ -1418,9 +1426,19 @@ def write_report(path: Path, report: dict) -> None:
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
+def on_signal(signum: int, _frame: object) -> None:
+    """Ctrl-C or SIGTERM: kill every process started here at once (threads waiting on them return), then
+    unwind through ``main``'s cleanup, which writes the report."""
+    PROCS.kill_all()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    sys.exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SystemExit runs the cleanup below
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     root = Path(tempfile.mkdtemp(prefix="tagger-reliability-"))
     report: dict[str, Any] = {
@@ -1438,6 +1456,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted")
+    except SystemExit:  # SIGTERM: clean up, write the report, exit with its status
+        report["interrupted"] = True
+        raise
     finally:
         PROCS.kill_all()
         report["seconds"] = round(time.monotonic() - start, 1)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_FILE = ROOT / "data" / "train" / "news_sentences.jsonl"
@@ -42,3 +49,86 @@ def small_train(tmp_path) -> Path:
     docs = sorted({r["doc_id"] for r in rows})[::4]
     keep = [r for r in rows if r["doc_id"] in set(docs)][:400]
     return write_jsonl(tmp_path / "train.jsonl", keep)
+
+
+def invoke(*args, input=None):
+    """Run a ``tagger`` command in-process; it must succeed."""
+    from train.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """Two TF-IDF runs per task on a small corpus slice, then both tasks promoted."""
+    rows = read_jsonl(ROOT / "data/train/news_sentences.jsonl")[::3]
+    data = write_jsonl(tmp_path_factory.mktemp("serve") / "train.jsonl", rows)
+    from train.config import load_config
+    from train.pipeline import train
+
+    runs = {}
+    for task in ("topic", "stance"):
+        for family in ("tfidf_logreg", "tfidf_svm"):
+            config = load_config(
+                ROOT / f"configs/{task}/{family}.yaml", [f"data.train={data}", "evaluation.bootstrap_samples=0"]
+            )
+            runs[(task, family)] = train(config, f"configs/{task}/{family}.yaml")
+    first = invoke("promote", "--task", "topic").stdout
+    invoke("promote", "--task", "stance")
+    return runs, first
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(scope="session")
+def server(registry, tmp_path_factory):
+    """``tagger serve`` on a free loopback port with the registry's champions and an admin token."""
+    port = free_port()
+    log_file = open(tmp_path_factory.mktemp("server") / "server.log", "w+b")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "train.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--max-sentences",
+            "50",
+            "--max-body-bytes",
+            "100000",
+            "--request-timeout",
+            "4",
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TAGGER_ADMIN_TOKEN": ADMIN_TOKEN},
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        log_file.seek(0)
+        pytest.fail(log_file.read().decode())
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+    log_file.close()
+
+

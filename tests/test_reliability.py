@@ -16,8 +16,7 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-from conftest import SEEDS_FILE, read_jsonl, write_jsonl
-from test_serving import ADMIN, free_port, registry, server  # noqa: F401  (module fixtures)
+from conftest import ADMIN, SEEDS_FILE, free_port, read_jsonl, write_jsonl
 
 from train import tracking
 from train.batching import MicroBatcher
@@ -38,6 +37,18 @@ def tagger_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subpr
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+def run_main(monkeypatch, capsys, *args: str, store: str) -> tuple[int, list[str]]:
+    """Run the ``tagger`` entry point in-process on ``store``; its exit status and its stderr lines."""
+    from train.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setattr(sys, "argv", ["tagger", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
 
 
 # --- sentence splitting ----------------------------------------------------------------------------------
@@ -91,7 +102,7 @@ class PoisonedTagger(Tagger):
         return super().tag_sentences(sentences, target)
 
 
-def test_one_failing_request_does_not_fail_its_batch(registry):  # noqa: F811
+def test_one_failing_request_does_not_fail_its_batch(registry):
     base = Tagger.load()
     tagger = PoisonedTagger(base.topic, base.stance, base.versions)
 
@@ -112,7 +123,7 @@ def test_one_failing_request_does_not_fail_its_batch(registry):  # noqa: F811
 # --- the HTTP service -------------------------------------------------------------------------------------
 
 
-def test_concurrent_reloads_do_not_deadlock(server):  # noqa: F811
+def test_concurrent_reloads_do_not_deadlock(server):
     """Two reloads at once held a thread lock across an await: the server hung for good."""
 
     async def run():
@@ -126,7 +137,7 @@ def test_concurrent_reloads_do_not_deadlock(server):  # noqa: F811
     assert httpx.post(f"{server}/v1/tag", json={"text": "Talks ended."}, timeout=10).status_code == 200
 
 
-def test_lone_surrogate_is_refused_without_hurting_others(server):  # noqa: F811
+def test_lone_surrogate_is_refused_without_hurting_others(server):
     poison = b'{"text": "Gas \\ud800 deal."}'
 
     async def run():
@@ -153,19 +164,19 @@ def test_lone_surrogate_is_refused_without_hurting_others(server):  # noqa: F811
         ({"text": "Hi.", "target": "t" * 500}, "at most 200"),
     ],
 )
-def test_invisible_or_oversize_parts_are_refused(server, body, message):  # noqa: F811
+def test_invisible_or_oversize_parts_are_refused(server, body, message):
     r = httpx.post(f"{server}/v1/tag", json=body)
     assert r.status_code == 422 and message in r.text
 
 
-def test_huge_unpunctuated_text_is_answered_quickly(server):  # noqa: F811
+def test_huge_unpunctuated_text_is_answered_quickly(server):
     """A 90 KB line without punctuation used to take minutes (quadratic splitting)."""
     r = httpx.post(f"{server}/v1/tag", json={"text": "word " * 18_000}, timeout=60)
     assert r.status_code in (200, 413), r.text  # 413: more sentences than the server's limit
     assert httpx.post(f"{server}/v1/tag", json={"text": "Talks ended."}).status_code == 200
 
 
-def test_slow_body_gets_408(server):  # noqa: F811
+def test_slow_body_gets_408(server):
     """A body that declares more bytes than it sends no longer holds the connection for minutes."""
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as conn:
@@ -187,12 +198,12 @@ def test_slow_body_gets_408(server):  # noqa: F811
         ({**ADMIN, "Sec-Fetch-Site": "cross-site"}, {"json": {}}, 403),
     ],
 )
-def test_admin_reload_needs_token_json_and_same_origin(server, headers, kwargs, status):  # noqa: F811
+def test_admin_reload_needs_token_json_and_same_origin(server, headers, kwargs, status):
     r = httpx.post(f"{server}/v1/admin/reload", headers=headers, **kwargs)
     assert r.status_code == status, r.text
 
 
-def test_model_loads_leave_sys_path_alone(registry):  # noqa: F811
+def test_model_loads_leave_sys_path_alone(registry):
     before = list(sys.path)
     for _ in range(3):
         load_classifier("models:/tagger-topic@champion")
@@ -219,7 +230,8 @@ def test_serve_port_errors_are_one_line(tmp_path):
         busy.listen(1)
         port = busy.getsockname()[1]
         proc = tagger_cli("serve", "--port", str(port), env=env)
-    assert proc.returncode == 2 and proc.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address in use"
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
 def test_serve_on_all_interfaces_warns(tmp_path):
@@ -337,15 +349,16 @@ BAD_TRAINING = [
 @pytest.mark.parametrize(
     ("name", "config", "overrides", "rows", "message"), BAD_TRAINING, ids=[c[0] for c in BAD_TRAINING]
 )
-def test_bad_training_input_is_one_line_and_creates_no_run(tmp_path, name, config, overrides, rows, message):
+def test_bad_training_input_is_one_line_and_creates_no_run(
+    tmp_path, monkeypatch, capsys, name, config, overrides, rows, message
+):
     store = f"sqlite:///{tmp_path / 'bad.db'}"
     args = ["train", f"configs/{config}.yaml", *[a for o in overrides for a in ("--set", o)]]
     if rows is not None:
         args += ["--set", f"data.train={write_jsonl(tmp_path / 'train.jsonl', rows())}"]
-    proc = tagger_cli(*args, env={"MLFLOW_TRACKING_URI": store, "TAGGER_HOME": str(tmp_path)})
-    errors = [line for line in proc.stderr.splitlines() if not line[:2].isdigit()]  # progress lines start with a time
-    assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith("error: "), proc.stderr[-2000:]
-    assert message in errors[0]
+    code, lines = run_main(monkeypatch, capsys, *args, store=store)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert message in lines[0]
     client = mlflow.MlflowClient(store)
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert not experiments or client.search_runs(experiments) == []
@@ -358,13 +371,13 @@ def test_bad_training_input_is_one_line_and_creates_no_run(tmp_path, name, confi
         (["export", "--task", "topic", "--out", "README.md"], "Invalid value for '--out'"),
         (["evaluate", "x", "--data", "data/eval/seeds.jsonl", "--output", "/nonexistent_dir/m.json"], "does not exist"),
         (["predict", "http://example.com/m", "--input", "data/eval/seeds.jsonl"], "only run ids"),
+        (["nonsense"], "No such command 'nonsense'"),
     ],
 )
-def test_cli_usage_errors_are_one_line(tmp_path, args, message):
-    proc = tagger_cli(*args, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'x.db'}"})
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+def test_cli_usage_errors_are_one_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(ROOT)
+    code, lines = run_main(monkeypatch, capsys, *args, store=f"sqlite:///{tmp_path / 'x.db'}")
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
 # --- a run without a model is never a candidate ----------------------------------------------------------------
@@ -378,7 +391,7 @@ def test_runs_without_a_model_are_never_chosen(tmp_path, small_train, monkeypatc
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'model.db'}")
     config = ROOT / "configs/topic/tfidf_logreg.yaml"
-    common = [f"data.train={small_train}", "evaluation.bootstrap_samples=0"]
+    common = [f"data.train={small_train}", "evaluation.bootstrap_samples=0", "model.params.char_ngram_range=null"]
     with_model = train(load_config(config, common), config)
     without = train(load_config(config, [*common, "tracking.log_model=false"]), config)  # same scores, newer
     assert choose("topic").winner["run_id"] == with_model

@@ -2,48 +2,20 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import mlflow
 import pytest
-from click.testing import CliRunner
-from conftest import read_jsonl, write_jsonl
+from conftest import ADMIN, free_port, invoke
 
-from train.cli import cli
-from train.config import TOPIC_LABELS, load_config
+from train.config import TOPIC_LABELS
 from train.errors import TaggerError
-from train.pipeline import train
 from train.promote import choose, promote, rollback
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def invoke(*args, input=None):
-    result = CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """Two TF-IDF runs per task on a small corpus slice, then both tasks promoted."""
-    rows = read_jsonl(ROOT / "data/train/news_sentences.jsonl")[::3]
-    data = write_jsonl(tmp_path_factory.mktemp("serve") / "train.jsonl", rows)
-    runs = {}
-    for task in ("topic", "stance"):
-        for family in ("tfidf_logreg", "tfidf_svm"):
-            config = load_config(
-                ROOT / f"configs/{task}/{family}.yaml", [f"data.train={data}", "evaluation.bootstrap_samples=0"]
-            )
-            runs[(task, family)] = train(config, f"configs/{task}/{family}.yaml")
-    first = invoke("promote", "--task", "topic").stdout
-    invoke("promote", "--task", "stance")
-    return runs, first
 
 
 def test_promote_picks_best_and_moves_aliases(registry):
@@ -117,54 +89,6 @@ def test_export_is_self_contained(registry, tmp_path):
         [sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-ADMIN_TOKEN = "test-admin-token-0123456789"
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def server(registry):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "train.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--max-sentences",
-            "50",
-            "--max-body-bytes",
-            "100000",
-            "--request-timeout",
-            "4",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "TAGGER_ADMIN_TOKEN": ADMIN_TOKEN},
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(proc.stdout.read().decode())
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def test_tag_endpoint(server):

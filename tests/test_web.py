@@ -5,7 +5,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_serving import registry, server  # noqa: F401  (module fixtures: promoted champions, live server)
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -47,7 +46,7 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
-def test_page_tags_a_pasted_article(browser, server):  # noqa: F811
+def test_page_tags_a_pasted_article(browser, server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
@@ -68,7 +67,7 @@ def test_page_tags_a_pasted_article(browser, server):  # noqa: F811
     assert (ARTIFACTS / "tagging_page.png").stat().st_size > 5000
 
 
-def test_page_shows_validation_errors(browser, server):  # noqa: F811
+def test_page_shows_validation_errors(browser, server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
