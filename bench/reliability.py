@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -219,6 +220,17 @@ class Home:
     def uri(self) -> str:
         return f"sqlite:///{self.db}"
 
+    def clone(self, path: Path) -> Home:
+        """A new home at ``path`` whose store is a consistent copy of this one's (artifacts stay shared)."""
+        home = Home(path, self.token)
+        src, dst = sqlite3.connect(self.db), sqlite3.connect(home.db)
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+            dst.close()
+        return home
+
     def env(self) -> dict[str, str]:
         """Environment of every subprocess: this home's store, offline, no proxies, the admin token."""
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("MLFLOW_", "TAGGER_"))}
@@ -237,21 +249,19 @@ class Home:
         return env
 
 
-def run_cli(
-    home: Home, args: list[str], cwd: Path | None = None, timeout: float = CLI_TIMEOUT_S, stdin: bytes | None = None
-) -> CliResult:
+def run_cli(home: Home, args: list[str], cwd: Path | None = None, timeout: float = CLI_TIMEOUT_S) -> CliResult:
     """Run ``tagger ARGS`` against ``home``, bounded by ``timeout`` (the process group is killed then)."""
     start = time.monotonic()
     proc = PROCS.start(
         [*tagger_command(), *args],
         cwd=cwd or home.path,
         env=home.env(),
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
-        out, err = proc.communicate(stdin, timeout=timeout)
+        out, err = proc.communicate(timeout=timeout)
         rc: int | None = proc.returncode
     except subprocess.TimeoutExpired:
         PROCS.kill(proc)
@@ -282,7 +292,7 @@ def store_has_schema(db: Path) -> bool:
     if not db.is_file():
         return False
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
             names = {row[0] for row in conn.execute("select name from sqlite_master where type='table'")}
     except sqlite3.Error:
         return False
@@ -347,6 +357,7 @@ class Server:
 
     def __init__(self, home: Home, name: str) -> None:
         self.home = home
+        self.sigterm_ok: bool | None = None  # set by stop(): did SIGTERM alone stop it?
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = home.path / f"serve-{name}.log"
@@ -373,21 +384,21 @@ class Server:
     def log_tail(self) -> str:
         return last_line(self.log.read_text("utf-8", "replace")) if self.log.exists() else ""
 
-    def stop(self) -> bool:
-        """SIGTERM, then SIGKILL after 15 s; True when SIGTERM was enough."""
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 15 s; records in ``sigterm_ok`` whether SIGTERM was enough."""
         if self.proc.poll() is not None:
-            return True
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=15)
-            return True
+            self.sigterm_ok = True
         except subprocess.TimeoutExpired:
             PROCS.kill(self.proc)
             self.proc.wait(timeout=10)
-            return False
+            self.sigterm_ok = False
 
     def admin_headers(self, token: str | None = None, content_type: str = "application/json") -> dict[str, str]:
-        """Headers of a reload request with ``token`` (default: the right one)."""
+        """Headers of a reload request: ``token`` None = the right token, '' = no Authorization header."""
         headers = {"Content-Type": content_type}
         if token != "":
             headers["Authorization"] = f"Bearer {token or self.home.token}"
@@ -421,12 +432,13 @@ class Bench:
         self.slice_rows = self.rows[::SLICE_EVERY]
         self.slice = self.write_jsonl("train_slice.jsonl", self.slice_rows)
         self._models: tuple[Home, dict[str, str]] | None = None
-        self._homes = 0
+        self._models_error = ""
+        self._models_thread: threading.Thread | None = None
+        self._home_numbers = itertools.count(1)
 
     def home(self, name: str) -> Home:
         """A new, empty home (its store does not exist yet)."""
-        self._homes += 1
-        return Home(self.root / f"{self._homes:02d}-{name}")
+        return Home(self.root / f"{next(self._home_numbers):02d}-{name}")
 
     def write_jsonl(self, name: str, rows: list[dict]) -> Path:
         path = self.data / name
@@ -438,11 +450,28 @@ class Bench:
         path.write_bytes(content)
         return path
 
+    def start_models(self) -> None:
+        """Train and promote the shared models in a background thread (once), on their own store.
+
+        Started before the sections that run one process at a time, so the second core is used.
+        """
+        if self._models_thread is None:
+            self._models_thread = threading.Thread(target=self._prepare_models, name="models", daemon=True)
+            self._models_thread.start()
+
     def models(self) -> tuple[Home, dict[str, str]]:
-        """A home with a topic and a stance run, both promoted to champion (trained once, then reused)."""
+        """A home with a topic and a stance run, both promoted to champion; waits for the preparation."""
+        self.start_models()
+        assert self._models_thread is not None
+        self._models_thread.join(timeout=4 * CLI_TIMEOUT_S)  # 2 trainings + 2 promotes, each bounded
         if self._models is None:
-            home = self.home("models")
-            runs = {}
+            raise BenchError(self._models_error or "the models were not ready in time")
+        return self._models
+
+    def _prepare_models(self) -> None:
+        home = self.home("models")
+        runs = {}
+        try:
             for task, config in (("topic", "topic_logreg"), ("stance", "stance_logreg")):
                 say(f"models: training {task} ({config}) ...")
                 result = run_cli(home, train_args(config, data=self.slice))
@@ -453,8 +482,11 @@ class Bench:
                 result = run_cli(home, ["promote", "--task", task])
                 if result.rc != 0:
                     raise BenchError(f"promote --task {task} failed: {result.describe()}")
-            self._models = (home, runs)
-        return self._models
+        except BenchError as exc:
+            self._models_error = str(exc)
+            return
+        say("models: topic and stance trained and promoted")
+        self._models = (home, runs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -554,7 +586,7 @@ def section_trainings(bench: Bench) -> dict:
 
 @dataclass(frozen=True)
 class KillPhase:
-    """Kill ``delay`` seconds after the progress line starting with ``marker``."""
+    """Kill ``delay`` seconds after the first stderr line containing ``marker``."""
 
     name: str
     marker: str
@@ -945,13 +977,13 @@ def cli_cases(bench: Bench, runs: dict[str, str], busy_port: int) -> list[CliCas
     ]
 
 
-def run_isolated_cases(bench: Bench, cases: list[CliCase]) -> list[CaseResult]:
-    """Config and data cases: each in its own new home and folder, two at a time (2 cores)."""
+def run_cases(cases: list[CliCase], home_for: Callable[[int, CliCase], Home], snapshot_store: bool) -> list[CaseResult]:
+    """Each case on its own home (so side effects are its own) and folder, two at a time (2 cores)."""
 
     def one(indexed: tuple[int, CliCase]) -> CaseResult:
-        i, case = indexed
-        home = Home(bench.root / "isolated" / f"{case.group}-{i:02d}")
-        result = run_cli_case(home, case, home.path / "work", snapshot_store=False)
+        home = home_for(*indexed)
+        case = indexed[1]
+        result = run_cli_case(home, case, home.path / "work", snapshot_store)
         say(f"bad_inputs/{case.group}: {case.name}: {'ok' if result.ok else 'FAIL'} ({result.got[:150]})")
         return result
 
@@ -1105,19 +1137,25 @@ def section_bad_inputs(bench: Bench) -> dict:
     """Config, data, CLI and HTTP bad inputs; each must fail cleanly and harmlessly."""
     results: list[CaseResult] = []
     errors = []
-    say("bad_inputs: config and data cases (each on its own new store, two at a time)")
-    with ThreadPoolExecutor(max_workers=1) as background:  # the models train meanwhile (uses the idle time)
-        models = background.submit(bench.models)
-        results += run_isolated_cases(bench, config_cases(bench) + data_cases(bench))
+    sigterm_ok = None
+    say("bad_inputs: config and data cases, each on its own new store")
+    results += run_cases(
+        config_cases(bench) + data_cases(bench),
+        lambda i, case: Home(bench.root / "cases" / f"{case.group}-{i:02d}"),
+        snapshot_store=False,
+    )
     try:
-        home, runs = models.result()
+        home, runs = bench.models()
+        say("bad_inputs: CLI cases, each on a copy of the store with the trained and promoted models")
         with ListeningSocket() as busy:
-            for i, case in enumerate(cli_cases(bench, runs, busy.port)):
-                result = run_cli_case(home, case, home.path / "cli-work" / f"{i:02d}")
-                say(f"bad_inputs/cli: {case.name}: {'ok' if result.ok else 'FAIL'} ({result.got[:150]})")
-                results.append(result)
+            results += run_cases(
+                cli_cases(bench, runs, busy.port),
+                lambda i, case: home.clone(bench.root / "cases" / f"{case.group}-{i:02d}"),
+                snapshot_store=True,
+            )
         with serving(home, "bad-inputs") as server:
             results += run_http_cases(server)
+        sigterm_ok = server.sigterm_ok
     except BenchError as exc:
         errors.append(str(exc))
         say(f"bad_inputs: {exc}")
@@ -1130,6 +1168,7 @@ def section_bad_inputs(bench: Bench) -> dict:
         "ok": sum(r.ok for r in results),
         "failed": failed,
         "errors": errors,
+        "server_stopped_by_sigterm": sigterm_ok,
         "passed": not errors and not failed and len(results) >= 45,
     }
 
@@ -1356,6 +1395,7 @@ def section_soak(bench: Bench, seconds: float) -> dict:
         "error_examples": tally.error_examples,
         "wrong_examples": tally.wrong_examples,
         "serving_after": alive,
+        "server_stopped_by_sigterm": server.sigterm_ok,
         **rss_summary(tally.rss, seconds),
     }
     reload_failures = sum(v for k, v in tally.reloads.items() if k != 200)
@@ -1452,6 +1492,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench = Bench(root)
         for name in args.sections:
+            if name != "trainings" and {"bad_inputs", "soak"} & set(args.sections):
+                bench.start_models()  # in the background; the trainings section keeps both cores busy itself
             report["sections"][name] = run_section(name, bench, args)
     except KeyboardInterrupt:
         report["interrupted"] = True

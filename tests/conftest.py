@@ -33,6 +33,16 @@ def isolated_store(tmp_path_factory):
         yield home
 
 
+@pytest.fixture(autouse=True)
+def restore_tracking_uri():
+    """A test that points MLflow at its own store (``monkeypatch.setenv``) does not leak it to the next."""
+    yield
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(os.environ["MLFLOW_TRACKING_URI"])
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path

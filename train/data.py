@@ -122,7 +122,7 @@ def read_table(path: Path, fmt: str = "auto", encoding: str = "utf-8") -> tuple[
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # no "Failed to read" lines besides ours
     loaders = {
         "jsonl": lambda p: datasets.Dataset.from_json(p, keep_in_memory=True, encoding=encoding),
         "csv": lambda p: datasets.Dataset.from_csv(p, keep_in_memory=True, encoding=encoding),
@@ -132,8 +132,7 @@ def read_table(path: Path, fmt: str = "auto", encoding: str = "utf-8") -> tuple[
     try:
         frame = loaders[fmt](str(path)).to_pandas()
     except Exception as exc:  # the loaders raise many types; report them as a data error
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise TaggerError(f"{path}: cannot read as {fmt}: {first}") from None
+        raise TaggerError(f"{path}: cannot read as {fmt}: {_reason(exc)}{FORMAT_HINTS.get(fmt, '')}") from None
     if frame.empty:
         raise TaggerError(f"{path}: file has no records")
     if fmt in ("csv", "tsv"):
@@ -141,6 +140,19 @@ def read_table(path: Path, fmt: str = "auto", encoding: str = "utf-8") -> tuple[
     elif len(lines) != len(frame):
         lines = list(range(1, len(frame) + 1))
     return frame, lines
+
+
+FORMAT_HINTS = {
+    "csv": " (is the delimiter a comma? for tab-separated files set format: tsv)",
+    "tsv": " (is the file tab-separated?)",
+}
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of the innermost cause (``datasets`` wraps the parser's error in a generic one)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def _label_list(value, separator: str | None) -> list:
@@ -191,6 +203,8 @@ def load_labelled(
         if column not in frame.columns:
             key = "labels" if role.startswith("labels") else role
             hint = " (or columns.id: null to use line numbers as ids)" if role == "id" else ""
+            if len(frame.columns) == 1 and any(sep in str(frame.columns[0]) for sep in "\t;|"):
+                hint += "; the file seems to use another delimiter (set format: tsv for tab-separated files)"
             raise TaggerError(
                 f"{path}: missing column '{column}' (columns: {', '.join(map(str, frame.columns))}); "
                 f"map it with columns.{key}{hint}"
