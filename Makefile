@@ -12,7 +12,7 @@ UI_PORT ?= 5000
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install demo demo-full test lint bench ui clean-store
+.PHONY: install demo demo-full test lint bench bench-reliability ui clean-store
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ train-configs:
 	@echo "Open the MLflow UI with: make ui   (then http://127.0.0.1:$(UI_PORT))"
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check train tests
+	$(VENV)/bin/ruff check train tests bench scripts
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -45,8 +45,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check train tests
 
 bench: $(STAMP)
-	$(PY) -m train.bench --output bench/results.json
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m train.bench_serving --output bench/serving.json
+	$(PY) bench/throughput.py --output bench/results.json
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/serving.py --output bench/serving.json
+
+# concurrent trainings, kill -9, 74 bad inputs and a 5-minute soak with reloads: about 13 minutes
+bench-reliability: $(STAMP)
+	$(PY) bench/reliability.py --output bench/reliability.json
 
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \

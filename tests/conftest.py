@@ -76,7 +76,7 @@ def registry(tmp_path_factory):
     rows = read_jsonl(ROOT / "data/train/news_sentences.jsonl")[::3]
     data = write_jsonl(tmp_path_factory.mktemp("serve") / "train.jsonl", rows)
     from train.config import load_config
-    from train.pipeline import train
+    from train.training.pipeline import train
 
     runs = {}
     for task in ("topic", "stance"):

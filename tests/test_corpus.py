@@ -1,10 +1,11 @@
 """The shipped starter corpus meets the requirements stated in its dataset card."""
 
 from conftest import TRAIN_FILE, read_jsonl
+from corpus_stats import corpus_stats
 
-from train.config import STANCE_LABELS, TOPIC_LABELS, Columns
-from train.corpus_stats import corpus_stats
-from train.data import load_labelled
+from train.config import Columns
+from train.data.loading import load_labelled
+from train.domain import STANCE_LABELS, TOPIC_LABELS
 
 
 def test_corpus_is_schema_valid():

@@ -5,7 +5,7 @@ import pytest
 from conftest import write_jsonl
 
 from train.config import Columns
-from train.data import load_labelled
+from train.data.loading import load_labelled
 from train.errors import TaggerError
 
 TOPICS = ["security", "energy", "trade", "diplomacy"]
@@ -152,7 +152,7 @@ def test_parquet_with_binary_label_columns_and_int_classes(tmp_path):
 def test_eval_set_with_an_unknown_extension_is_read_in_the_training_format(tmp_path):
     """A benchmark's train.txt and test.txt: one ``data.format`` covers both."""
     from train.config import Config
-    from train.data import load_for
+    from train.data.loading import load_for
 
     for name in ("train.txt", "test.txt"):
         (tmp_path / name).write_bytes("ID\tTweet\tStance\n1\tGas caf\u00e9 deal\tFAVOR\n".encode("cp1252"))

@@ -2,7 +2,7 @@
 
 from conftest import SEEDS_FILE, TRAIN_FILE, read_jsonl
 
-from train.leakage import find_leaks
+from train.data.leakage import find_leaks
 
 
 def test_exact_and_near_duplicates_are_found():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from train.metrics import bootstrap_ci, multiclass_metrics, multilabel_metrics
+from train.evaluation.metrics import bootstrap_cis, multiclass_metrics, multilabel_metrics
 
 LABELS = ["favor", "against", "neutral"]
 
@@ -31,27 +31,36 @@ def test_multilabel_metrics():
     assert m["f1_micro"] == pytest.approx(f1_score(gold, pred, average="micro"))
 
 
-def test_bootstrap_interval_brackets_the_point_estimate():
+def test_bootstrap_intervals_bracket_every_headline_metric():
     rng = np.random.default_rng(0)
     gold = rng.integers(0, 3, 200)
     pred = np.where(rng.random(200) < 0.7, gold, rng.integers(0, 3, 200))
-    low, high = bootstrap_ci(gold, pred, 3, samples=500)
-    point = f1_score(gold, pred, average="macro")
-    assert low < point < high
-    assert 0 < high - low < 0.3
-    assert bootstrap_ci(gold, pred, 3, samples=500) == (low, high)  # seeded
+    labels = ["favor", "against", "neutral"]
+    intervals = bootstrap_cis(gold, pred, labels, multilabel=False, samples=500)
+    points = multiclass_metrics(gold, pred, labels)
+    assert set(intervals) == {"f1_macro", "accuracy", "f_avg"}
+    for metric, (low, high) in intervals.items():
+        assert low < points[metric] < high and 0 < high - low < 0.3, metric
+    assert bootstrap_cis(gold, pred, labels, multilabel=False, samples=500) == intervals  # seeded
+    G = rng.integers(0, 2, (200, 4))
+    P = np.where(rng.random((200, 4)) < 0.8, G, 1 - G)
+    multi = bootstrap_cis(G, P, list("abcd"), multilabel=True, samples=500)
+    points = multilabel_metrics(G, P, list("abcd"))
+    assert set(multi) == {"f1_macro", "f1_micro", "hamming_loss"}
+    for metric, (low, high) in multi.items():
+        assert low < points[metric] < high, metric
 
 
 def test_labels_with_characters_mlflow_refuses_still_log():
     """A benchmark's label such as "Business & Finance" must not fail the run when metrics are logged."""
     import mlflow
 
-    from train import tracking
+    from train.tracking import store
 
     labels = ["Business & Finance", "Sci/Tech", "World (other)"]
     m = multiclass_metrics(np.array([0, 1, 2]), np.array([0, 1, 1]), labels)
     assert m["f1_Business _ Finance"] == 1.0 and m["f1_Sci/Tech"] == pytest.approx(2 / 3)
-    tracking.setup(experiment="label-names")
+    store.setup(experiment="label-names")
     with mlflow.start_run() as run:
         mlflow.log_metrics({f"test/{k}": v for k, v in m.items()})
     assert mlflow.get_run(run.info.run_id).data.metrics["test/f1_World _other_"] == 0.0
@@ -60,11 +69,11 @@ def test_labels_with_characters_mlflow_refuses_still_log():
 def test_config_mappings_with_such_labels_log_as_params():
     import mlflow
 
-    from train import tracking
+    from train.tracking import store
 
-    params = tracking.flatten({"data": {"label_map": {"Business & Finance": "business"}, "columns": {"text": "t"}}})
+    params = store.flatten({"data": {"label_map": {"Business & Finance": "business"}, "columns": {"text": "t"}}})
     assert params == {"data.label_map": '{"Business & Finance": "business"}', "data.columns.text": "t"}
-    tracking.setup(experiment="label-names")
+    store.setup(experiment="label-names")
     with mlflow.start_run() as run:
         mlflow.log_params(params)
     assert mlflow.get_run(run.info.run_id).data.params["data.label_map"] == '{"Business & Finance": "business"}'

@@ -18,12 +18,12 @@ import mlflow
 import pytest
 from conftest import ADMIN, SEEDS_FILE, free_port, read_jsonl, write_jsonl
 
-from train import tracking
-from train.batching import MicroBatcher
+from train.data.sentences import MAX_SENTENCE_CHARS, split_text
 from train.errors import DeadlineExceeded, TaggerError
-from train.pyfunc import load_classifier, model_uri
-from train.sentences import MAX_SENTENCE_CHARS, split_text
-from train.tagging import Tagger, sentence_dicts
+from train.serving.batching import MicroBatcher
+from train.serving.tagger import Tagger, sentence_dicts
+from train.tracking.packaging import load_classifier, model_uri
+from train.tracking.store import WORKDIR_TAG
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -299,7 +299,7 @@ def test_killed_training_is_marked_killed(tmp_path, small_train):
     experiment = client.get_experiment_by_name("tagger-topic")
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.status == "RUNNING"
-    workdir = Path(run.data.tags[tracking.WORKDIR_TAG])
+    workdir = Path(run.data.tags[WORKDIR_TAG])
     assert workdir.exists()
 
     listed = tagger_cli("runs", "--task", "topic", "--all", "--json", env=env)
@@ -385,9 +385,9 @@ def test_cli_usage_errors_are_one_line(tmp_path, monkeypatch, capsys, args, mess
 
 def test_runs_without_a_model_are_never_chosen(tmp_path, small_train, monkeypatch):
     from train.config import load_config
-    from train.pipeline import train
-    from train.promote import choose
-    from train.runs import list_runs
+    from train.tracking.promote import choose
+    from train.tracking.runs import list_runs
+    from train.training.pipeline import train
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'model.db'}")
     config = ROOT / "configs/topic/tfidf_logreg.yaml"

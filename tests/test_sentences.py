@@ -4,7 +4,7 @@ from pathlib import Path
 
 from conftest import SEEDS_FILE, read_jsonl
 
-from train.sentences import is_boilerplate, split_files, split_text
+from train.data.sentences import is_boilerplate, split_files, split_text
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,9 +11,9 @@ import mlflow
 import pytest
 from conftest import ADMIN, free_port, invoke
 
-from train.config import TOPIC_LABELS
+from train.domain import TOPIC_LABELS
 from train.errors import TaggerError
-from train.promote import choose, promote, rollback
+from train.tracking.promote import choose, promote, rollback
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,14 @@ def test_promote_picks_best_and_moves_aliases(registry):
         for m in (f"seeds/{k}_{label}" for k in ("recall", "precision", "f1") for label in TOPIC_LABELS)
         if choose("topic", m).winner["run_id"] != champion.run_id
     )
-    _, version = promote("topic", other)
+    _, version, changed = promote("topic", other)
+    assert changed
+    # promoting the same choice again registers nothing, for the task and for the combined model
+    invoke("promote", "--task", "topic", "--metric", other)  # the combined model follows the new champion
+    counts = {n: len(client.search_model_versions(f"name='{n}'")) for n in ("tagger-topic", "tagger")}
+    again = invoke("promote", "--task", "topic", "--metric", other).stdout
+    assert f"tagger-topic v{version} is already @champion" in again and "is already @champion" in again.splitlines()[-1]
+    assert {n: len(client.search_model_versions(f"name='{n}'")) for n in counts} == counts
     assert client.get_model_version_by_alias("tagger-topic", "previous").version == champion.version
     assert client.get_model_version_by_alias("tagger-topic", "champion").version == version != champion.version
     # --rollback swaps them back (and the combined model follows); a dry run changes nothing

@@ -15,8 +15,8 @@ from conftest import SEEDS_FILE, read_jsonl
 from train.config import load_config
 from train.errors import TaggerError
 from train.models.encoder import default_encoder_path
-from train.pipeline import train
-from train.pyfunc import load_classifier
+from train.tracking.packaging import load_classifier
+from train.training.pipeline import train
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = pd.DataFrame(read_jsonl(SEEDS_FILE))[["text", "target"]]
@@ -152,7 +152,7 @@ def test_embedding_family_caches_encodings(small_train, tmp_path):
 def test_tagger_backend_applies_to_the_models_that_have_it(tiny_run, small_train):
     """``tagger serve/tag --backend onnx-int8``: the transformer switches, the TF-IDF stance model is left as is."""
     from train.errors import TaggerError
-    from train.tagging import Tagger
+    from train.serving.tagger import Tagger
 
     config = load_config(
         ROOT / "configs/stance/tfidf_logreg.yaml", [f"data.train={small_train}", "evaluation.bootstrap_samples=0"]
@@ -167,5 +167,5 @@ def test_tagger_backend_applies_to_the_models_that_have_it(tiny_run, small_train
     assert int8[0]["stance_scores"] == torch_scores[0]["stance_scores"]
     for label, score in torch_scores[0]["topic_scores"].items():
         assert abs(int8[0]["topic_scores"][label] - score) <= INT8_TOLERANCE
-    with pytest.raises(TaggerError, match="--backend onnx: neither model has it"):
+    with pytest.raises(TaggerError, match="--backend onnx: no model here has it"):
         Tagger.load(stance_run, stance_run, backend="onnx")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
+from train import __version__
 from train.errors import TaggerError
 
 log = logging.getLogger("tagger")
-LABEL_COLUMNS = {"multilabel": "topics", "multiclass": "stance"}
 
 
 def quiet_libraries() -> None:
@@ -32,32 +32,12 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def check_writable_file(path: str, option: str) -> None:
-    """Fail before any work when an output file could not be written (no folder, a folder in the way)."""
-    target = Path(path)
-    if target.is_dir():
-        raise TaggerError(f"{option} {path}: is a folder, expected a file path")
-    if not target.parent.is_dir():
-        raise TaggerError(f"{option} {path}: folder {target.parent} does not exist")
-    if not os.access(target.parent, os.W_OK):
-        raise TaggerError(f"{option} {path}: folder {target.parent} is not writable")
-
-
-def check_writable_folder(path: str, option: str) -> None:
-    """Fail before any work when an output folder could not be created or written."""
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise TaggerError(f"{option} {path}: exists and is not a folder")
-    existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise TaggerError(f"{option} {path}: cannot create it under {existing}")
-
-
 BACKEND_CHOICES = ("torch", "onnx", "onnx-int8")
 BACKEND_HELP = "Inference backend of transformer models (default: the one their config names)."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="tagger")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logging.")
 def cli(verbose: bool) -> None:
     """Train, evaluate and compare news-sentence taggers (topic and stance), tracked in MLflow."""
@@ -82,74 +62,29 @@ def cli(verbose: bool) -> None:
 def train(config_path: str, overrides: tuple[str, ...]) -> None:
     """Train and evaluate the experiment in CONFIG; log it as an MLflow run."""
     from train.config import load_config
-    from train.pipeline import train as run_training
 
-    config = load_config(config_path, list(overrides))
-    run_id = run_training(config, config_path)
-    click.echo(run_id)
+    config = load_config(config_path, list(overrides))  # config errors surface before the heavy imports
+    from train.training.pipeline import train as run_training
 
-
-def _read_source(source: str) -> tuple[str, str]:
-    """Text of a file (or stdin for '-') and its display name; clear errors for missing or non-UTF-8 input."""
-    if source == "-":
-        raw, name = sys.stdin.buffer.read(), "<stdin>"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise TaggerError(f"{source}: file not found")
-        raw, name = path.read_bytes(), source
-    try:
-        return raw.decode("utf-8"), name
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise TaggerError(f"{name} line {line}: not valid UTF-8") from None
-
-
-def _read_inputs(source: str, target: str | None) -> list[dict]:
-    """JSON Lines objects with ``text`` (and ``target``), or plain lines of text."""
-    text, name = _read_source(source)
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaggerError(f"{name} line {number}: invalid JSON: {exc.msg}") from None
-            if not isinstance(row.get("text"), str) or not row["text"].strip():
-                raise TaggerError(f"{name} line {number}: missing or empty 'text'")
-        else:
-            row = {"text": line.strip()}
-        if target and not row.get("target"):
-            row["target"] = target
-        rows.append(row)
-    if not rows:
-        raise TaggerError(f"{name}: no input sentences")
-    return rows
+    click.echo(run_training(config, config_path))
 
 
 @cli.command()
 @click.argument("model")
 @click.option("--input", "source", required=True, help="JSON Lines file (or '-' for stdin) of sentences.")
-@click.option("--target", default=None, help='Target for stance models, e.g. "closer Iran–Iraq ties".')
+@click.option("--target", default=None, help='Stance target for lines without one (default "closer Iran–Iraq ties").')
 @click.option("--backend", default=None, type=click.Choice(BACKEND_CHOICES), help=BACKEND_HELP)
 def predict(model: str, source: str, target: str | None, backend: str | None) -> None:
-    """Tag sentences with MODEL (run id, models:/ or runs:/ URI, or model folder); JSON Lines out."""
-    import pandas as pd
+    """Tag sentences with MODEL (run id, models:/ or runs:/ URI, or model folder, incl. the combined
+    topic + stance model); JSON Lines out."""
+    from train.domain import DEFAULT_TARGET
+    from train.inputs import read_sentences
+    from train.tracking.packaging import predict_records
 
-    from train.pyfunc import load_classifier, predict_frame
-
-    rows = _read_inputs(source, target)
-    classifier = load_classifier(model, backend)
-    frame = pd.DataFrame(rows)
-    if not classifier.multilabel and ("target" not in frame or frame["target"].isna().any()):
-        raise TaggerError("a stance model needs a target: give --target or a 'target' field on every line")
-    out = predict_frame(classifier, frame)
-    for row, (_, pred) in zip(rows, out.iterrows(), strict=True):
-        scores = {label: round(float(pred[f"score_{label}"]), 4) for label in classifier.labels}
-        key = "labels" if classifier.multilabel else "label"
-        click.echo(json.dumps({**row, key: pred[key], "scores": scores}, ensure_ascii=False))
+    if target is not None and not target.strip():
+        raise TaggerError("--target is empty")
+    for row in predict_records(model, read_sentences(source), target or DEFAULT_TARGET, backend):
+        click.echo(json.dumps(row, ensure_ascii=False))
 
 
 @cli.command()
@@ -178,25 +113,17 @@ def evaluate(
     report_dir: str | None,
     backend: str | None,
 ) -> None:
-    """Evaluate MODEL on a labelled file and print its metrics."""
-    from train.config import Columns
-    from train.data import load_labelled
-    from train.evaluation import evaluate as run_eval
-    from train.pyfunc import load_classifier
+    """Evaluate MODEL on a labelled file and print its metrics (rounded to 4 decimals)."""
+    from train.evaluation.evaluate import evaluate_model
+    from train.inputs import check_writable_file, check_writable_folder
 
     if output:
         check_writable_file(output, "--output")
     if report_dir:
         check_writable_folder(report_dir, "--report-dir")
-    classifier = load_classifier(model, backend)
-    columns = Columns(
-        labels=labels_column or LABEL_COLUMNS[classifier.task_type], target=None if classifier.multilabel else "target"
-    )
-    data = load_labelled(Path(data_path), task_type=classifier.task_type, labels=classifier.labels, columns=columns)
-    result = run_eval(classifier, data, Path(data_path).stem)
+    report, result = evaluate_model(model, Path(data_path), labels_column, backend)
     for warning in result.warnings:
         log.warning(warning)
-    report = {"model": model, "data": data_path, "n": len(data), "metrics": result.metrics}
     text = json.dumps(report, indent=2)
     if output:
         Path(output).write_text(text + "\n", encoding="utf-8")
@@ -216,7 +143,7 @@ def evaluate(
 )
 def runs(task: str, metric: str, experiment: str | None, limit: int, as_json: bool, every_status: bool) -> None:
     """List a task's finished runs that logged a model, best first by METRIC (--all: every run, with status)."""
-    from train.runs import list_runs, render_table
+    from train.tracking.runs import list_runs, render_table
 
     table = list_runs(task, metric, experiment, limit, every_status)
     if as_json:
@@ -238,7 +165,7 @@ def runs(task: str, metric: str, experiment: str | None, limit: int, as_json: bo
 @click.option("--output", default="-", show_default=True, help="Where to write sentences (JSONL); '-' = stdout.")
 def split_seeds(seeds_dir: str, output: str) -> None:
     """Split the seed articles into sentences (id, doc_id, index, offsets, text)."""
-    from train.sentences import split_files
+    from train.data.sentences import split_files
 
     paths = sorted(Path(seeds_dir).glob("*.txt"))
     if not paths:
@@ -263,26 +190,26 @@ def split_seeds(seeds_dir: str, output: str) -> None:
 @click.option("--rollback", is_flag=True, help="Swap 'champion' and 'previous' instead (undo the last promotion).")
 def promote(task: str, metric: str, dry_run: bool, rollback: bool) -> None:
     """Register the best finished run of TASK as tagger-<task> and move the 'champion' alias to it."""
-    from train.promote import promote as run_promote
-    from train.promote import register_bundle, registered_name
-    from train.promote import rollback as run_rollback
+    from train.domain import registered_name
+    from train.tracking.promote import promote as run_promote
+    from train.tracking.promote import register_bundle
+    from train.tracking.promote import rollback as run_rollback
 
     if rollback:
         champion, previous = run_rollback(task, dry_run)
         verb = "would be" if dry_run else "is now"
         click.echo(f"{registered_name(task)} v{champion} {verb} @champion, v{previous} @previous")
-        if not dry_run and (bundle := register_bundle()):
-            click.echo(f"tagger (topic + stance) v{bundle} is now @champion")
-        return
-    choice, version = run_promote(task, metric, dry_run)
-    click.echo(choice.describe())
-    if dry_run:
-        click.echo("dry run: nothing registered")
-        return
-    click.echo(f"{registered_name(task)} v{version} is now @champion")
-    bundle = register_bundle()
-    if bundle:
-        click.echo(f"tagger (topic + stance) v{bundle} is now @champion")
+    else:
+        choice, version, changed = run_promote(task, metric, dry_run)
+        click.echo(choice.describe())
+        if dry_run:
+            click.echo("dry run: nothing registered")
+            return
+        state = "is now" if changed else "is already"
+        click.echo(f"{registered_name(task)} v{version} {state} @champion")
+    if not dry_run and (bundle := register_bundle()):
+        version, changed = bundle
+        click.echo(f"tagger (topic + stance) v{version} {'is now' if changed else 'is already'} @champion")
 
 
 @cli.command()
@@ -295,12 +222,14 @@ def promote(task: str, metric: str, dry_run: bool, rollback: bool) -> None:
 @click.option("--backend", default=None, type=click.Choice(BACKEND_CHOICES), help=BACKEND_HELP)
 def tag(text, source, target, topic_model, stance_model, as_json, backend) -> None:
     """Split TEXT (or --input) into sentences and tag each with topics and stance."""
-    from train.tagging import DEFAULT_TARGET, Tagger
+    from train.domain import DEFAULT_TARGET
+    from train.inputs import read_source
+    from train.serving.tagger import Tagger
 
     if (text is None) == (source is None):
         raise TaggerError("give the text as an argument or with --input FILE, not both")
     if source is not None:
-        text, _ = _read_source(source)
+        text, _ = read_source(source)
     if not text.strip():
         raise TaggerError("the text is empty")
     if target is not None and not target.strip():
@@ -335,26 +264,10 @@ def tag(text, source, target, topic_model, stance_model, as_json, backend) -> No
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write (must not exist).")
 def export(task: str, alias: str, out: str) -> None:
     """Write a self-contained MLflow model folder that 'tagger serve' and 'mlflow' load without the registry."""
-    import shutil
-    import tempfile
+    from train.domain import registered_name
+    from train.tracking.packaging import export_model
 
-    import mlflow
-
-    from train import tracking
-
-    target = Path(out)
-    if target.exists() and any(target.iterdir()):
-        raise TaggerError(f"{out}: exists and is not empty")
-    tracking.setup()
-    name = task if task == "tagger" else f"tagger-{task}"
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = mlflow.artifacts.download_artifacts(f"models:/{name}@{alias}", dst_path=tmp)
-        except Exception as exc:  # noqa: BLE001 - MLflow raises several types
-            raise TaggerError(f"models:/{name}@{alias}: cannot export ({exc})".splitlines()[0]) from None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(local, target, dirs_exist_ok=True)
-    click.echo(str(target))
+    click.echo(str(export_model(registered_name(task), alias, Path(out))))
 
 
 @cli.command()
@@ -382,8 +295,9 @@ def serve(
     host, port, topic_model, stance_model, max_body_bytes, max_sentences, request_timeout, admin_token_file, backend
 ) -> None:
     """Serve tagging over HTTP (FastAPI + uvicorn): POST /v1/tag, /healthz, /readyz, /v1/models, web page at /."""
-    from train.serve import create_app, listen, run_server
-    from train.tagging import Tagger
+    from train.inputs import read_admin_token
+    from train.serving.app import create_app, listen, run_server
+    from train.serving.tagger import Tagger
 
     admin_token = read_admin_token(admin_token_file)
     sock = listen(host, port)  # a port in use fails now, before the models load
@@ -413,24 +327,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def read_admin_token(path: str | None) -> str | None:
-    """The admin token from ``path``, else ``$TAGGER_ADMIN_TOKEN``; at least 16 characters."""
-    if path is not None:
-        try:
-            token = Path(path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise TaggerError(f"--admin-token-file {path}: cannot read it ({exc.strerror})") from None
-        source = f"--admin-token-file {path}"
-    else:
-        token = os.environ.get("TAGGER_ADMIN_TOKEN", "").strip()
-        source = "TAGGER_ADMIN_TOKEN"
-        if not token:
-            return None
-    if len(token) < 16:
-        raise TaggerError(f"{source}: the admin token needs at least 16 characters")
-    return token
 
 
 def one_line(message: str) -> str:

@@ -15,11 +15,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from train.domain import experiment_name
 from train.errors import TaggerError
 
-TOPIC_LABELS = ["security", "energy", "trade", "diplomacy"]
-STANCE_LABELS = ["favor", "against", "neutral"]
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = Path(__file__).resolve().parent  # the ``train`` package, logged with every model as code
+PROJECT_ROOT = PACKAGE_ROOT.parent
 
 
 class _Strict(BaseModel):
@@ -140,7 +140,7 @@ class Config(_Strict):
 
     @property
     def experiment_name(self) -> str:
-        return self.tracking.experiment or f"tagger-{self.task.name}"
+        return self.tracking.experiment or experiment_name(self.task.name)
 
 
 def _deep_merge(base: dict, override: dict) -> dict:

@@ -42,8 +42,23 @@ def get_family(name: str) -> Any:
         ) from None
 
 
+BUILTIN_PARAMS = {
+    "tfidf_logreg": "TfidfParams",
+    "tfidf_svm": "TfidfSvmParams",
+    "transformer": "TransformerParams",
+    "embedding_logreg": "EmbeddingParams",
+}
+
+
 def model_params_schema(name: str) -> type[BaseModel]:
-    """The pydantic model that validates ``model.params`` for a family."""
+    """The pydantic model that validates ``model.params`` for a family.
+
+    Built-in families' params come from ``train.models.params`` without importing the family itself.
+    """
+    if name in BUILTIN_PARAMS:
+        from train.models import params
+
+        return getattr(params, BUILTIN_PARAMS[name])
     return get_family(name).Params
 
 

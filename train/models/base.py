@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import MultiLabelBinarizer
 
-_TARGET_PAIR = re.compile(r"^\s*closer\s+(?P<a>.+?)\s*[–—-]\s*(?P<b>.+?)\s+(ties|relations)\s*$", re.I)
+from train.domain import target_actors
 
 
 def as_frame(X: pd.DataFrame | Sequence[str]) -> pd.DataFrame:
@@ -28,12 +28,6 @@ def as_frame(X: pd.DataFrame | Sequence[str]) -> pd.DataFrame:
             raise ValueError("input needs a 'text' column")
         return X
     return pd.DataFrame({"text": list(X)})
-
-
-def target_actors(target: str) -> list[str]:
-    """The two actors named by a target such as "closer Iran–Iraq ties" (empty if not that form)."""
-    match = _TARGET_PAIR.match(target or "")
-    return [match["a"], match["b"]] if match else []
 
 
 def mask_actors(text: str, target: str, token: str = "PARTY") -> str:

@@ -9,36 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
 from train.models.base import TextClassifier, mask_actors
-from train.models.encoder import EmbeddingCache, SentenceEncoder, check_encoder, resolve_encoder, set_threads
+from train.models.encoder import EmbeddingCache, SentenceEncoder, resolve_encoder, set_threads
+from train.models.params import EmbeddingParams
 from train.registry import model_families
-
-
-class EmbeddingParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name_or_path: str | None = Field(None, description="local folder or hub id; none = all-MiniLM-L6-v2")
-    max_length: int = Field(128, ge=8, le=512)
-    batch_size: int = Field(64, ge=1)
-    C: float = Field(2.0, gt=0)
-    class_weight: Literal["balanced"] | None = "balanced"
-    use_target: bool = True
-    mask_target_actors: bool = False
-    cache_dir: str | None = Field(None, description="none = $TAGGER_HOME/.cache/embeddings or ./.cache")
-    torch_threads: int | None = Field(None, ge=1)
-
-    @field_validator("name_or_path")
-    @classmethod
-    def _encoder_exists(cls, value: str | None) -> str | None:
-        return check_encoder(value)
 
 
 @model_families.register("embedding_logreg")

@@ -9,11 +9,9 @@ pair it is.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -24,31 +22,8 @@ from sklearn.svm import LinearSVC
 
 from train.models.base import TextClassifier, mask_actors
 from train.models.linear_scoring import CompiledPipeline
+from train.models.params import TfidfParams, TfidfSvmParams
 from train.registry import model_families
-
-
-class TfidfParams(BaseModel):
-    """Settings shared by the TF-IDF families."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    word_ngram_range: tuple[int, int] = (1, 2)
-    char_ngram_range: tuple[int, int] | None = (2, 5)
-    min_df: int = Field(1, ge=1)
-    max_features: int | None = Field(None, ge=1)
-    sublinear_tf: bool = True
-    lowercase: bool = True
-    use_target: bool = True
-    mask_target_actors: bool = False
-    C: float = Field(4.0, gt=0)
-    class_weight: Literal["balanced"] | None = "balanced"
-
-    @field_validator("word_ngram_range", "char_ngram_range")
-    @classmethod
-    def _ngram_range(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        if value is not None and not 1 <= value[0] <= value[1]:
-            raise ValueError(f"needs 1 <= min <= max, got [{value[0]}, {value[1]}]")
-        return value
 
 
 class TfidfClassifier(TextClassifier):
@@ -148,12 +123,6 @@ class TfidfLogReg(TfidfClassifier):
         return LogisticRegression(
             C=self.params["C"], class_weight=self.params["class_weight"], max_iter=2000, random_state=self.seed
         )
-
-
-class TfidfSvmParams(TfidfParams):
-    C: float = Field(0.5, gt=0)
-    calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
-    calibration_folds: int = Field(3, ge=2)
 
 
 @model_families.register("tfidf_svm")

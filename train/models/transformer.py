@@ -13,44 +13,17 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from train.models.base import TextClassifier, mask_actors
-from train.models.encoder import check_encoder, length_sorted_batches, load_tokenizer, resolve_encoder, set_threads
+from train.models.encoder import length_sorted_batches, load_tokenizer, resolve_encoder, set_threads
+from train.models.params import TransformerParams
 from train.registry import model_families
 
 log = logging.getLogger("tagger")
 BACKENDS = ("torch", "onnx", "onnx-int8")
-
-
-class TransformerParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name_or_path: str | None = Field(None, description="local folder or hub id; none = all-MiniLM-L6-v2")
-    learning_rate: float = Field(5e-5, gt=0)
-    epochs: float = Field(4, gt=0)
-    batch_size: int = Field(16, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
-    max_length: int = Field(96, ge=8, le=512)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    class_weights: bool = True
-    early_stopping_patience: int | None = Field(2, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    torch_threads: int | None = Field(None, ge=1)
-    logging_steps: int = Field(20, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (quick tests)")
-    mask_target_actors: bool = False
-    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
-
-    @field_validator("name_or_path")
-    @classmethod
-    def _encoder_exists(cls, value: str | None) -> str | None:
-        return check_encoder(value)
 
 
 def quantize(source: Path, target: Path) -> Path:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from train.data.sentences import is_blank
 from train.errors import TaggerError
-from train.sentences import is_blank
 
 log = logging.getLogger(__name__)
 

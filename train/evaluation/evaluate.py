@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from train.data import LabelledData
-from train.metrics import bootstrap_ci, multiclass_metrics, multilabel_metrics
+from train.data.loading import LabelledData
+from train.evaluation.metrics import bootstrap_cis, multiclass_metrics, multilabel_metrics
 from train.models.base import TextClassifier
 
 
@@ -72,8 +72,9 @@ def evaluate(
         metrics = multiclass_metrics(gold, pred, labels)
         correct = gold == pred
         fmt = str
-    low, high = bootstrap_ci(gold, pred, len(labels), bootstrap_samples, confidence, seed)
-    metrics["f1_macro_ci_low"], metrics["f1_macro_ci_high"] = low, high
+    intervals = bootstrap_cis(gold, pred, labels, model.multilabel, bootstrap_samples, confidence, seed)
+    for metric, (low, high) in intervals.items():
+        metrics[f"{metric}_ci_low"], metrics[f"{metric}_ci_high"] = low, high
     table = pd.DataFrame(
         {
             "id": data.frame["id"].values,
@@ -116,3 +117,44 @@ def plot_confusion(result: EvalResult, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def evaluate_model(
+    reference: str, data_path: Path, labels_column: str | None = None, backend: str | None = None
+) -> tuple[dict, EvalResult]:
+    """Evaluate a logged model on a labelled file in the project's schema; the report and the result."""
+    from train.config import Columns
+    from train.data.loading import load_labelled
+    from train.domain import LABEL_COLUMNS
+    from train.tracking.packaging import load_classifier
+
+    classifier = load_classifier(reference, backend)
+    columns = Columns(
+        labels=labels_column or LABEL_COLUMNS[classifier.task_type],
+        target=None if classifier.multilabel else "target",
+    )
+    data = load_labelled(data_path, task_type=classifier.task_type, labels=classifier.labels, columns=columns)
+    result = evaluate(classifier, data, Path(data_path).stem)
+    metrics = {name: round(value, 4) for name, value in result.metrics.items()}
+    return {"model": reference, "data": str(data_path), "n": len(data), "metrics": metrics}, result
+
+
+def score_table(results: list[EvalResult]) -> str:
+    """The headline metrics of each evaluated set, with their bootstrap intervals, as a text table."""
+    from train.evaluation.metrics import headline_metrics
+
+    if not results:
+        return ""
+    names = list(headline_metrics(results[0].labels, results[0].multilabel))
+    header = ["set", "n", *names]
+    rows = []
+    for result in results:
+        cells = [result.name, str(len(result.predictions))]
+        for name in names:
+            keys = (name, f"{name}_ci_low", f"{name}_ci_high")
+            value, low, high = (result.metrics.get(k, float("nan")) for k in keys)
+            cells.append(f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if np.isfinite(low) else ""))
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in [header, *rows]]
+    return "\n".join(line.rstrip() for line in lines)

@@ -10,7 +10,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from train.tracking import safe_name
+from train.tracking.store import safe_name
 
 
 def per_label(label: str, values: dict[str, float]) -> dict[str, float]:
@@ -47,37 +47,70 @@ def multiclass_metrics(y: np.ndarray, p: np.ndarray, labels: list[str]) -> dict[
     return {k: float(v) for k, v in out.items()}
 
 
-def macro_f1_onehot(G: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """Macro F1 over the last axis of indicator arrays (F1 of a label with no gold and no predicted = 0)."""
+def _f1_per_label(G: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """F1 of each label (last axis) of indicator arrays; a label with no gold and no predicted scores 0."""
     tp = (G * P).sum(axis=-2)
     fp = ((1 - G) * P).sum(axis=-2)
     fn = (G * (1 - P)).sum(axis=-2)
     denominator = 2 * tp + fp + fn
-    f1 = np.divide(2 * tp, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
-    return f1.mean(axis=-1)
+    return np.divide(2 * tp, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
 
 
-def bootstrap_ci(
+def macro_f1_onehot(G: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Macro F1 over the last axis of indicator arrays (F1 of a label with no gold and no predicted = 0)."""
+    return _f1_per_label(G, P).mean(axis=-1)
+
+
+def headline_metrics(labels: list[str], multilabel: bool) -> dict:
+    """The headline metrics of a task, each as a function of indicator arrays (resamples on axis 0).
+
+    These are the metrics shown after training and given a bootstrap interval.
+    """
+
+    def micro_f1(G, P):
+        tp, fp, fn = ((G * P).sum((-2, -1)), ((1 - G) * P).sum((-2, -1)), (G * (1 - P)).sum((-2, -1)))
+        denominator = 2 * tp + fp + fn
+        return np.divide(2 * tp, denominator, out=np.zeros(np.shape(denominator)), where=denominator > 0)
+
+    if multilabel:
+        return {
+            "f1_macro": macro_f1_onehot,
+            "f1_micro": micro_f1,
+            "hamming_loss": lambda G, P: (G != P).mean(axis=(-2, -1)),
+        }
+    metrics = {"f1_macro": macro_f1_onehot, "accuracy": lambda G, P: (G == P).all(axis=-1).mean(axis=-1)}
+    if "favor" in labels and "against" in labels:
+        pair = [labels.index("favor"), labels.index("against")]
+        metrics["f_avg"] = lambda G, P: _f1_per_label(G, P)[..., pair].mean(axis=-1)
+    return metrics
+
+
+def bootstrap_cis(
     gold: np.ndarray,
     pred: np.ndarray,
-    n_labels: int,
+    labels: list[str],
+    multilabel: bool,
     samples: int = 1000,
     confidence: float = 0.95,
     seed: int = 13,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of macro F1 over resampled sentences.
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of every headline metric, over resampled sentences.
 
     ``gold``/``pred`` are indicator matrices (multi-label) or class indices (multi-class); all
     resamples are scored at once with array arithmetic.
     """
+    metrics = headline_metrics(labels, multilabel)
     if samples <= 0 or len(gold) == 0:
-        return float("nan"), float("nan")
+        return {name: (float("nan"), float("nan")) for name in metrics}
     if gold.ndim == 1:
-        eye = np.eye(n_labels, dtype=int)
+        eye = np.eye(len(labels), dtype=int)
         gold, pred = eye[gold], eye[pred]
     rng = np.random.default_rng(seed)
     index = rng.integers(0, len(gold), size=(samples, len(gold)))
-    values = macro_f1_onehot(gold[index], pred[index])
+    G, P = gold[index], pred[index]
     alpha = (1 - confidence) / 2
-    low, high = np.quantile(values, [alpha, 1 - alpha])
-    return float(low), float(high)
+    intervals = {}
+    for name, metric in metrics.items():
+        low, high = np.quantile(metric(G, P), [alpha, 1 - alpha])
+        intervals[name] = (float(low), float(high))
+    return intervals

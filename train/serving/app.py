@@ -29,10 +29,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from train.batching import MicroBatcher
+from train.data.sentences import MAX_SENTENCE_CHARS, is_blank
+from train.domain import DEFAULT_TARGET
 from train.errors import DeadlineExceeded, TaggerError
-from train.sentences import MAX_SENTENCE_CHARS, is_blank
-from train.tagging import DEFAULT_TARGET, Tagger, sentence_dicts
+from train.serving.batching import MicroBatcher
+from train.serving.tagger import Tagger, sentence_dicts
 
 log = logging.getLogger("tagger")
 
@@ -188,7 +189,12 @@ def create_app(
     ``request_timeout`` bounds each request: reading its body, splitting its text and waiting for
     its tags. ``admin_token`` enables ``/v1/admin/reload`` (disabled without one).
     """
-    state = {"tagger": load()}
+    def load_warm() -> Tagger:
+        tagger = load()
+        tagger.warm_up()  # the first request must not pay for lazily built parts
+        return tagger
+
+    state = {"tagger": load_warm()}
     batcher = MicroBatcher(lambda: state["tagger"])
     reload_lock = asyncio.Lock()  # an asyncio lock: a thread lock held across an await deadlocked the loop
 
@@ -252,7 +258,7 @@ def create_app(
         check_admin(request, admin_token)
         async with reload_lock:
             try:
-                state["tagger"] = await run_in_threadpool(load)
+                state["tagger"] = await run_in_threadpool(load_warm)
             except TaggerError as exc:
                 raise HTTPException(500, f"reload failed, still serving the previous models: {exc}") from None
         log.info("reloaded models: %s", state["tagger"].versions)
@@ -260,7 +266,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
-        return resources.files("train").joinpath("static/index.html").read_text(encoding="utf-8")
+        return resources.files("train.serving").joinpath("static/index.html").read_text(encoding="utf-8")
 
     return app
 

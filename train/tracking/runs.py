@@ -7,24 +7,25 @@ import sys
 import mlflow
 import pandas as pd
 
-from train import tracking
+from train.domain import experiment_name
 from train.errors import TaggerError
+from train.tracking import store
 
 
 def all_runs(experiment: str, task: str) -> pd.DataFrame:
     """Every run of an experiment, whatever its status; a clear error when the experiment does not exist.
 
-    Runs left RUNNING by a process that died are marked KILLED first (``tracking.mark_stale_runs``).
+    Runs left RUNNING by a process that died are marked KILLED first (``store.mark_stale_runs``).
     """
-    tracking.setup()
+    store.setup()
     if mlflow.get_experiment_by_name(experiment) is None:
         raise TaggerError(f"no experiment '{experiment}' in {mlflow.get_tracking_uri()}; train a {task} config first")
-    tracking.mark_stale_runs()
+    store.mark_stale_runs()
     return mlflow.search_runs(experiment_names=[experiment])
 
 
 def has_model(runs: pd.DataFrame) -> pd.Series:
-    """Which runs logged a model (``tracking.log_model`` was not false)."""
+    """Which runs logged a model (config ``tracking.log_model`` was not false)."""
     if "params.tracking.log_model" not in runs.columns:
         return pd.Series(True, index=runs.index)
     return runs["params.tracking.log_model"] != "False"
@@ -70,7 +71,7 @@ def list_runs(
 
     ``every_status`` lists all runs instead (running, failed, killed, without a model), with their status.
     """
-    name = experiment or f"tagger-{task}"
+    name = experiment or experiment_name(task)
     frame = all_runs(name, task) if every_status else finished_runs(name, task)
     if frame.empty:
         return pd.DataFrame(columns=["run_id", "run_name", "family", metric])

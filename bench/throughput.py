@@ -16,7 +16,7 @@ import numpy as np
 
 from train.cli import quiet_libraries
 from train.config import PROJECT_ROOT, load_config
-from train.data import load_for
+from train.data.loading import load_for
 from train.registry import build_model
 
 CONFIGS = [
@@ -74,11 +74,12 @@ def _throughput(predict, sentences, repeats: int = 3) -> float:
 
 def finished_runs(task: str):
     """The task's finished runs, newest first (None when there are none)."""
+    from train.domain import experiment_name
     from train.errors import TaggerError
-    from train.runs import finished_runs as fetch
+    from train.tracking.runs import finished_runs as fetch
 
     try:
-        runs = fetch(f"tagger-{task}", task)
+        runs = fetch(experiment_name(task), task)
     except TaggerError:
         return None
     return None if runs.empty else runs.sort_values("start_time", ascending=False)
@@ -103,7 +104,7 @@ def newest_run(task: str, families: tuple[str, ...]) -> str | None:
 
 def best_run(task: str, families: tuple[str, ...], metric: str = "seeds/f1_macro") -> str | None:
     """The run ``tagger promote`` would choose among ``families``: best by ``metric``, then dev, then newest."""
-    from train.runs import rank
+    from train.tracking.runs import rank
 
     runs = _full_runs(task, families)
     if runs is None or f"metrics.{metric}" not in runs:
@@ -140,7 +141,7 @@ def bench_transformer(n_sentences: int = 1000) -> dict:
     import pandas as pd
     from transformers import pipeline
 
-    from train.pyfunc import load_classifier
+    from train.tracking.packaging import load_classifier
 
     run_id = newest_run("topic", ("transformer",))
     if run_id is None:

@@ -17,15 +17,16 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from train import leakage, tracking
 from train.config import Config, dump_config
-from train.data import LabelledData, load_for
+from train.data import leakage
+from train.data.loading import LabelledData, load_for
+from train.data.split import train_dev_split
 from train.errors import TaggerError
-from train.evaluation import EvalResult, evaluate
+from train.evaluation.evaluate import EvalResult, evaluate, score_table
 from train.models.base import TextClassifier
-from train.pyfunc import ARTIFACT_KEY, TaggerModel, predict_frame
 from train.registry import build_model
-from train.split import train_dev_split
+from train.tracking import store
+from train.tracking.packaging import log_classifier
 
 log = logging.getLogger("tagger")
 
@@ -153,8 +154,8 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
     )
     train_labels = {lab for v in train_part.labels for lab in (v if isinstance(v, list) else [v])}
 
-    uri = tracking.setup(config.tracking.uri, config.experiment_name)
-    tracking.mark_stale_runs()
+    uri = store.setup(config.tracking.uri, config.experiment_name)
+    store.mark_stale_runs()
     stem = Path(config_path).stem if config_path else config.model.family
     run_name = config.tracking.run_name or f"{stem}-{time.strftime('%m%d-%H%M%S')}"
     workdir = Path(tempfile.mkdtemp(prefix="tagger-run-"))
@@ -173,10 +174,12 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
                 mlflow.log_metrics(model.model_info())
             with step("evaluating"):
                 results = evaluate_all(config, model, [("dev", dev_part), *eval_sets.items()], train_labels, workdir)
+            confidence = f"{config.evaluation.confidence:.0%} bootstrap intervals"
+            log.info("scores of run %s (%s):\n%s", run.info.run_id, confidence, score_table(results))
             write_run_files(config, run, run_name, prepared, results, workdir)
             if config.tracking.log_model:
                 with step("logging model"):
-                    log_model(model, train_part, workdir)
+                    log_classifier(model, train_part.inputs, workdir)
             # artifacts go up together at the end: a failed run leaves no partial reports
             mlflow.log_artifacts(str(workdir / "reports"), "reports")
             for name in ("summary.json", "config.yaml", "environment.json"):
@@ -191,7 +194,7 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
 
 def run_tags(config: Config, config_path, prepared: Prepared, workdir: Path) -> dict[str, str]:
     """Provenance tags: task, family, git commit, dataset hashes, library versions, the owning process."""
-    commit, dirty = tracking.git_commit()
+    commit, dirty = store.git_commit()
     return {
         "task": config.task.name,
         "task_type": config.task.type,
@@ -202,15 +205,15 @@ def run_tags(config: Config, config_path, prepared: Prepared, workdir: Path) -> 
         "config_file": str(config_path or ""),
         f"dataset_sha256.{prepared.data.path.name}": prepared.data.sha256,
         **{f"dataset_sha256.{name}": d.sha256 for name, d in prepared.eval_sets.items()},
-        **{f"version.{k}": v for k, v in tracking.library_versions().items()},
-        **tracking.process_tags(workdir),
+        **{f"version.{k}": v for k, v in store.library_versions().items()},
+        **store.process_tags(workdir),
     }
 
 
 def log_inputs(config: Config, prepared: Prepared) -> None:
     """The resolved config as params, and the train, dev and evaluation data through ``mlflow.data``."""
     data = prepared.data
-    mlflow.log_params(tracking.flatten(config.model_dump(mode="json", exclude={"extends"})))
+    mlflow.log_params(store.flatten(config.model_dump(mode="json", exclude={"extends"})))
     inputs = [
         (prepared.train_part, str(data.path), f"{data.path.name}:train", "train"),
         (prepared.dev_part, str(data.path), f"{data.path.name}:dev", "dev"),
@@ -219,7 +222,7 @@ def log_inputs(config: Config, prepared: Prepared) -> None:
     for part, source, name, context in inputs:
         dataset = mlflow.data.from_pandas(_dataset_frame(part), source=source, name=name)
         # runs started together may log the same new dataset at once; the loser retries and reuses it
-        tracking.retry_on_conflict(lambda dataset=dataset, context=context: mlflow.log_input(dataset, context=context))
+        store.retry_on_conflict(lambda dataset=dataset, context=context: mlflow.log_input(dataset, context=context))
 
 
 def evaluate_all(
@@ -264,37 +267,4 @@ def write_run_files(
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     (workdir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-    (workdir / "environment.json").write_text(json.dumps(tracking.library_versions(), indent=2), "utf-8")
-
-
-def log_model(model, train_part: LabelledData, out: Path):
-    """Log ``model`` as a tagger pyfunc with signature and input example."""
-    path = out / "classifier"
-    model.save(path)
-    example = train_part.inputs.head(3).copy()
-    if not example["target"].str.strip().any():
-        example = example[["text"]]
-    signature = mlflow.models.infer_signature(example, predict_frame(model, example))
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=TaggerModel(),
-        artifacts={ARTIFACT_KEY: str(path)},
-        code_paths=[str(Path(__file__).parent)],
-        signature=signature,
-        input_example=example,
-        pip_requirements=pinned_requirements(tuple(model.requirements)),
-    )
-
-
-def pinned_requirements(extra: tuple[str, ...] = ()) -> list[str]:
-    """Pinned pip requirements of a logged model: the common stack plus ``extra`` packages."""
-    from importlib import metadata
-
-    names = ["mlflow", "scikit-learn", "numpy", "pandas", "pydantic", "catalogue", "joblib", "pysbd", "pyyaml", *extra]
-    pins = []
-    for name in names:
-        try:
-            pins.append(f"{name}=={metadata.version(name).split('+')[0]}")
-        except metadata.PackageNotFoundError:
-            pins.append(name)
-    return pins
+    (workdir / "environment.json").write_text(json.dumps(store.library_versions(), indent=2), "utf-8")

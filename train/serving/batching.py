@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from train.tagging import Tagger
+from train.serving.tagger import Tagger
 
 
 class MicroBatcher:

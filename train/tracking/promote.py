@@ -14,16 +14,11 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from train import tracking
+from train.domain import BUNDLE, BUNDLE_EXPERIMENT, CHAMPION, PREVIOUS, experiment_name, registered_name
 from train.errors import TaggerError
-from train.runs import finished_runs, rank
-
-CHAMPION = "champion"
-PREVIOUS = "previous"
-
-
-def registered_name(task: str) -> str:
-    return f"tagger-{task}"
+from train.tracking import store
+from train.tracking.packaging import bundle_model_arguments
+from train.tracking.runs import finished_runs, rank
 
 
 @dataclass
@@ -49,7 +44,7 @@ class Choice:
 
 def choose(task: str, metric: str = "seeds/f1_macro") -> Choice:
     """The best finished run of ``task`` that logged a model, by ``metric``."""
-    runs = finished_runs(f"tagger-{task}", task)
+    runs = finished_runs(experiment_name(task), task)
     column = f"metrics.{metric}"
     if runs.empty or column not in runs.columns:
         raise TaggerError(f"no finished {task} run logged the metric '{metric}'")
@@ -61,11 +56,15 @@ def choose(task: str, metric: str = "seeds/f1_macro") -> Choice:
     return Choice(task, metric, runs.iloc[0], runner_up)
 
 
-def promote(task: str, metric: str = "seeds/f1_macro", dry_run: bool = False) -> tuple[Choice, str | None]:
-    """Register the chosen run and move the aliases; return the choice and the new version (None on dry run)."""
+def promote(task: str, metric: str = "seeds/f1_macro", dry_run: bool = False) -> tuple[Choice, str | None, bool]:
+    """Register the chosen run and move the aliases.
+
+    Returns the choice, the champion version (None on a dry run) and whether it changed: when the
+    chosen run already is the champion, nothing is registered.
+    """
     choice = choose(task, metric)
     if dry_run:
-        return choice, None
+        return choice, None, False
     client = mlflow.MlflowClient()
     name = registered_name(task)
     try:
@@ -79,7 +78,7 @@ def promote(task: str, metric: str = "seeds/f1_macro", dry_run: bool = False) ->
         pass
     run_id = choice.winner["run_id"]
     if former is not None and former.run_id == run_id:
-        return choice, former.version
+        return choice, former.version, False
     version = mlflow.register_model(f"runs:/{run_id}/model", name)
     client.update_model_version(name, version.version, description=choice.describe())
     tags = {
@@ -100,12 +99,12 @@ def promote(task: str, metric: str = "seeds/f1_macro", dry_run: bool = False) ->
     client.set_registered_model_alias(name, CHAMPION, version.version)
     if former is not None:
         client.set_registered_model_alias(name, PREVIOUS, former.version)
-    return choice, version.version
+    return choice, version.version, True
 
 
 def rollback(task: str, dry_run: bool = False) -> tuple[str, str]:
     """Swap ``champion`` and ``previous`` of ``tagger-<task>``; return (new champion, new previous) versions."""
-    tracking.setup()
+    store.setup()
     client = mlflow.MlflowClient()
     name = registered_name(task)
     try:
@@ -119,30 +118,6 @@ def rollback(task: str, dry_run: bool = False) -> tuple[str, str]:
     return previous.version, champion.version
 
 
-BUNDLE = "tagger"
-
-
-def bundle_model_arguments(folders: dict[str, str]) -> dict:
-    """What ``mlflow.pyfunc.log_model``/``save_model`` need for a topic + stance ``TaggerBundle``.
-
-    ``folders`` maps ``topic`` and ``stance`` to saved classifier folders (a model's ``artifacts/classifier``).
-    """
-    from pathlib import Path
-
-    from train.pipeline import pinned_requirements
-    from train.tagging import DEFAULT_TARGET, TaggerBundle
-
-    return {
-        "python_model": TaggerBundle(),
-        "artifacts": folders,
-        "code_paths": [str(Path(__file__).parent)],
-        "input_example": pd.DataFrame(
-            {"text": ["Both ministers signed a gas supply agreement."], "target": [DEFAULT_TARGET]}
-        ),
-        "pip_requirements": pinned_requirements(("torch", "transformers", "onnxruntime", "onnx")),
-    }
-
-
 def classifier_folder(model_uri: str, dst_path: str) -> str:
     """Download a logged tagger model and return its saved classifier folder."""
     from pathlib import Path
@@ -151,39 +126,49 @@ def classifier_folder(model_uri: str, dst_path: str) -> str:
     return str(Path(local) / "artifacts" / "classifier")
 
 
-def register_bundle() -> str | None:
-    """Register topic + stance champions as one pyfunc ``tagger`` (alias ``champion``); None if one is missing."""
+def register_bundle() -> tuple[str, bool] | None:
+    """Register the topic + stance champions as one pyfunc ``tagger`` (alias ``champion``).
+
+    Returns the champion version of ``tagger`` and whether it is new; None while a task has no champion.
+    When the current ``tagger@champion`` already holds these two versions nothing is registered. The
+    packaging run is logged in the ``tagger-bundle`` experiment.
+    """
     import tempfile
     from pathlib import Path
 
     client = mlflow.MlflowClient()
-    folders = {}
+    versions = {}
+    for task in ("topic", "stance"):
+        try:
+            versions[task] = str(client.get_model_version_by_alias(registered_name(task), CHAMPION).version)
+        except MlflowException:
+            return None
+    wanted = {f"{task}_version": version for task, version in versions.items()}
+    try:
+        current = client.get_model_version_by_alias(BUNDLE, CHAMPION)
+        if all(current.tags.get(key) == value for key, value in wanted.items()):
+            return current.version, False
+    except MlflowException:
+        current = None
     with tempfile.TemporaryDirectory() as tmp:
-        versions = {}
-        for task in ("topic", "stance"):
-            try:
-                versions[task] = client.get_model_version_by_alias(registered_name(task), CHAMPION)
-            except MlflowException:
-                return None
-            folders[task] = classifier_folder(f"models:/{registered_name(task)}@{CHAMPION}", str(Path(tmp) / task))
+        folders = {
+            task: classifier_folder(f"models:/{registered_name(task)}@{CHAMPION}", str(Path(tmp) / task))
+            for task in versions
+        }
         with mlflow.start_run(
             run_name="tagger-bundle",
-            experiment_id=tracking.ensure_experiment("tagger-bundle"),
-            tags=tracking.process_tags(),
+            experiment_id=store.ensure_experiment(BUNDLE_EXPERIMENT),
+            tags=store.process_tags(),
         ) as run:
-            mlflow.set_tags({f"{task}_version": v.version for task, v in versions.items()})
+            mlflow.set_tags(wanted)
             info = mlflow.pyfunc.log_model(name="model", **bundle_model_arguments(folders))
-        version = mlflow.register_model(info.model_uri, BUNDLE)
-        client.update_model_version(
-            BUNDLE,
-            version.version,
-            description=f"topic v{versions['topic'].version} + stance v{versions['stance'].version}, "
-            f"logged in run {run.info.run_id}",
-        )
-        try:
-            former = client.get_model_version_by_alias(BUNDLE, CHAMPION)
-            client.set_registered_model_alias(BUNDLE, PREVIOUS, former.version)
-        except MlflowException:
-            pass
-        client.set_registered_model_alias(BUNDLE, CHAMPION, version.version)
-        return version.version
+    version = mlflow.register_model(info.model_uri, BUNDLE, tags=wanted)
+    client.update_model_version(
+        BUNDLE,
+        version.version,
+        description=f"topic v{versions['topic']} + stance v{versions['stance']}, logged in run {run.info.run_id}",
+    )
+    if current is not None:
+        client.set_registered_model_alias(BUNDLE, PREVIOUS, current.version)
+    client.set_registered_model_alias(BUNDLE, CHAMPION, version.version)
+    return version.version, True

@@ -1,6 +1,6 @@
 """Label statistics of a labelled sentence file, as reported in dataset cards.
 
-Run ``python -m train.corpus_stats data/train/news_sentences.jsonl`` to print them as JSON.
+Run ``.venv/bin/python scripts/corpus_stats.py data/train/news_sentences.jsonl`` to print them as JSON.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from train.config import STANCE_LABELS, TOPIC_LABELS
+from train.domain import STANCE_LABELS, TOPIC_LABELS
 
 
 def corpus_stats(path: Path) -> dict:

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from throughput import best_run, write_results
 
-from train.bench import best_run, write_results
 from train.cli import quiet_libraries
 from train.config import PROJECT_ROOT
-from train.tagging import DEFAULT_TARGET
+from train.domain import DEFAULT_TARGET
 
 SENTENCES = [json.loads(line)["text"] for line in (PROJECT_ROOT / "data/train/news_sentences.jsonl").open()][:400]
 
@@ -184,7 +184,8 @@ def save_bundle(topic_run: str, stance_run: str, folder: Path) -> Path:
     """The two runs' models as one topic + stance pyfunc (what ``tagger`` registers), for ``mlflow models serve``."""
     import mlflow
 
-    from train.promote import bundle_model_arguments, classifier_folder
+    from train.tracking.packaging import bundle_model_arguments
+    from train.tracking.promote import classifier_folder
 
     folders = {
         task: classifier_folder(f"runs:/{run}/model", str(folder / task))

@@ -1,0 +1,1 @@
+"""Data: loading and checking labelled files, train/dev splits, leakage checks, sentence splitting."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics with bootstrap intervals, per-set reports and the score table."""

@@ -1,0 +1,88 @@
+"""The params of the built-in families: pydantic models, validated when a config is loaded.
+
+They live apart from the families' code so that checking a config imports neither scikit-learn nor
+PyTorch (a config error is reported in well under a second).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from train.models.encoder import check_encoder
+
+
+class TfidfParams(BaseModel):
+    """Settings shared by the TF-IDF families."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    word_ngram_range: tuple[int, int] = (1, 2)
+    char_ngram_range: tuple[int, int] | None = (2, 5)
+    min_df: int = Field(1, ge=1)
+    max_features: int | None = Field(None, ge=1)
+    sublinear_tf: bool = True
+    lowercase: bool = True
+    use_target: bool = True
+    mask_target_actors: bool = False
+    C: float = Field(4.0, gt=0)
+    class_weight: Literal["balanced"] | None = "balanced"
+
+    @field_validator("word_ngram_range", "char_ngram_range")
+    @classmethod
+    def _ngram_range(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not 1 <= value[0] <= value[1]:
+            raise ValueError(f"needs 1 <= min <= max, got [{value[0]}, {value[1]}]")
+        return value
+
+
+class TfidfSvmParams(TfidfParams):
+    C: float = Field(0.5, gt=0)
+    calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
+    calibration_folds: int = Field(3, ge=2)
+
+
+class EmbeddingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name_or_path: str | None = Field(None, description="local folder or hub id; none = all-MiniLM-L6-v2")
+    max_length: int = Field(128, ge=8, le=512)
+    batch_size: int = Field(64, ge=1)
+    C: float = Field(2.0, gt=0)
+    class_weight: Literal["balanced"] | None = "balanced"
+    use_target: bool = True
+    mask_target_actors: bool = False
+    cache_dir: str | None = Field(None, description="none = $TAGGER_HOME/.cache/embeddings or ./.cache")
+    torch_threads: int | None = Field(None, ge=1)
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _encoder_exists(cls, value: str | None) -> str | None:
+        return check_encoder(value)
+
+
+class TransformerParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name_or_path: str | None = Field(None, description="local folder or hub id; none = all-MiniLM-L6-v2")
+    learning_rate: float = Field(5e-5, gt=0)
+    epochs: float = Field(4, gt=0)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    max_length: int = Field(96, ge=8, le=512)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    class_weights: bool = True
+    early_stopping_patience: int | None = Field(2, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    torch_threads: int | None = Field(None, ge=1)
+    logging_steps: int = Field(20, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (quick tests)")
+    mask_target_actors: bool = False
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _encoder_exists(cls, value: str | None) -> str | None:
+        return check_encoder(value)

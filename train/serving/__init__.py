@@ -1,0 +1,1 @@
+"""Serving: the topic + stance tagger, micro-batching and the HTTP service."""

@@ -1,0 +1,95 @@
+"""Tag whole texts: split into sentences, then topics and stance for each, with the models' versions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from train.data.sentences import split_text
+from train.domain import champion_uri
+from train.errors import TaggerError
+from train.models.base import TextClassifier
+from train.outputs import score_pair, tag_records
+from train.tracking.packaging import load_classifier, model_uri, set_backend
+
+
+def _version_of(uri: str) -> str:
+    """A readable version label: ``tagger-topic v3`` for registry URIs, else the URI itself."""
+    if uri.startswith("models:/") and "@" in uri:
+        import mlflow
+
+        name, alias = uri.removeprefix("models:/").split("@", 1)
+        try:
+            version = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+            return f"{name} v{version.version} (@{alias}, run {version.run_id})"
+        except Exception:  # noqa: BLE001 - the label is informative only
+            return uri
+    return uri
+
+
+@dataclass
+class Tagger:
+    """A topic model and a stance model, used together on sentences."""
+
+    topic: TextClassifier
+    stance: TextClassifier
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, topic_uri: str | None = None, stance_uri: str | None = None, backend: str | None = None) -> Tagger:
+        """Load the given models, or the registered champions; clear errors when missing.
+
+        ``backend`` (e.g. ``onnx-int8``) applies to the models whose family has it; naming one that
+        neither model has is an error.
+        """
+        from train.tracking import store
+
+        store.setup()
+        uris = {"topic": topic_uri or champion_uri("topic"), "stance": stance_uri or champion_uri("stance")}
+        for task, uri in uris.items():  # a mistyped reference is reported before anything is loaded
+            try:
+                model_uri(uri)
+            except TaggerError as exc:
+                raise TaggerError(f"{task} model: {exc}") from None
+        models = {}
+        for task, uri in uris.items():
+            try:
+                models[task] = load_classifier(uri)
+            except TaggerError as exc:
+                hint = f"; run 'tagger promote --task {task}' first" if uri == champion_uri(task) else ""
+                raise TaggerError(f"{task} model: {exc}{hint}") from None
+        set_backend(list(models.values()), backend)
+        if not models["topic"].multilabel or models["stance"].multilabel:
+            raise TaggerError("the topic model must be multi-label and the stance model multi-class")
+        return cls(models["topic"], models["stance"], {task: _version_of(uri) for task, uri in uris.items()})
+
+    def tag_sentences(self, sentences: list[dict], target: str | None) -> list[dict]:
+        """``sentences``: dicts with ``text`` (optional ``start``/``end``, and a ``target`` that overrides
+        ``target``); returns one result each, in order, with its ``index``."""
+        if not sentences:
+            return []
+        frame = pd.DataFrame(
+            {"text": [s["text"] for s in sentences], "target": [s.get("target") or target for s in sentences]}
+        )
+        records = tag_records(self.topic, self.stance, *score_pair(self.topic, self.stance, frame))
+        return [
+            {"index": i, "text": s["text"], "start": s.get("start"), "end": s.get("end"), **record}
+            for i, (s, record) in enumerate(zip(sentences, records, strict=True))
+        ]
+
+    def tag_text(self, text: str, target: str) -> list[dict]:
+        return self.tag_sentences(sentence_dicts(text), target)
+
+    def warm_up(self) -> None:
+        """One tagging call, so that lazily built parts (fast scorers, sessions) exist before traffic."""
+        self.tag_text("Warm-up sentence about a gas deal. Another one about troops.", "closer A–B ties")
+
+
+def sentence_dicts(text: str, deadline: float | None = None) -> list[dict]:
+    """Split ``text`` into the ``{"text", "start", "end"}`` dicts that ``Tagger.tag_sentences`` takes.
+
+    ``deadline`` (a ``time.monotonic()`` value) stops the work with ``DeadlineExceeded``.
+    """
+    sentences, _ = split_text(text, "input", deadline=deadline)
+    return [{"text": s.text, "start": s.start, "end": s.end} for s in sentences]

@@ -1,0 +1,235 @@
+"""How tagger models are packaged as MLflow pyfunc models, and loaded back by reference.
+
+``TaggerModel`` wraps one classifier (one task); ``TaggerBundle`` wraps a topic and a stance
+classifier together (registered as ``tagger``). Both keep the classifier's own files as the artifact
+``classifier`` (``topic``/``stance`` for the bundle) and the ``train`` package as code.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+
+from train.config import PACKAGE_ROOT
+from train.domain import DEFAULT_TARGET
+from train.errors import TaggerError
+from train.models.base import TextClassifier
+from train.outputs import classifier_frame, model_inputs, score_pair, tag_frame
+
+ARTIFACT_KEY = "classifier"
+
+
+class TaggerModel(mlflow.pyfunc.PythonModel):
+    """Input: a DataFrame with ``text`` (and ``target`` for stance). Output, one row per sentence:
+    ``labels`` (multi-label: the chosen labels) or ``label`` (multi-class), and ``score_<label>``."""
+
+    def __init__(self, classifier: TextClassifier | None = None):
+        self.classifier = classifier
+
+    def load_context(self, context) -> None:
+        self.classifier = TextClassifier.load(Path(context.artifacts[ARTIFACT_KEY]))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return predict_frame(self.classifier, model_input)
+
+
+def predict_frame(classifier: TextClassifier, inputs: pd.DataFrame) -> pd.DataFrame:
+    """Tag a DataFrame of sentences with one classifier (``TaggerModel``'s output)."""
+    return classifier_frame(classifier, classifier.predict_proba(model_inputs(inputs)))
+
+
+class TaggerBundle(mlflow.pyfunc.PythonModel):
+    """Topic + stance in one pyfunc (registered as ``tagger``), e.g. for ``mlflow models serve`` or Spark.
+
+    Input: a DataFrame with ``text`` and optional ``target`` (default "closer Iran–Iraq ties").
+    Output: ``topics`` (list), ``stance``, and ``topic_score_<label>`` / ``stance_score_<label>``.
+    """
+
+    def load_context(self, context) -> None:
+        self.topic = TextClassifier.load(Path(context.artifacts["topic"]))
+        self.stance = TextClassifier.load(Path(context.artifacts["stance"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        frame = model_inputs(model_input, DEFAULT_TARGET)
+        return tag_frame(self.topic, self.stance, *score_pair(self.topic, self.stance, frame))
+
+
+def model_uri(reference: str) -> str:
+    """A run id, ``runs:/``/``models:/`` URI or local folder → an MLflow model URI.
+
+    A logged model is a pickle: loading it runs its code. So models come only from the configured
+    tracking store (run ids, ``runs:/``, ``models:/``) or from a local folder the user names; other
+    URIs (``http://``, ``s3://``, ...) are refused.
+    """
+    if reference.startswith(("runs:/", "models:/")):
+        return reference
+    if "://" in reference:
+        raise TaggerError(
+            f"model '{reference}': only run ids, runs:/ or models:/ URIs (from the configured tracking store) "
+            "or a local model folder are accepted"
+        )
+    path = Path(reference)
+    if path.exists():
+        if not (path / "MLmodel").exists():
+            raise TaggerError(f"{path}: not an MLflow model folder (no MLmodel file)")
+        return str(path.resolve())
+    if len(reference) == 32 and all(c in "0123456789abcdef" for c in reference):
+        return f"runs:/{reference}/model"
+    raise TaggerError(f"model '{reference}': not a run id, models:/ or runs:/ URI, or a model folder")
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def load_pyfunc(uri: str):
+    """``mlflow.pyfunc.load_model`` without its lasting side effect on ``sys.path``.
+
+    MLflow prepends each model's ``code/`` folder to ``sys.path`` and never removes it, so every
+    reload of a server grew it. The package is already imported, so the path is restored after the load
+    (under a lock: ``sys.path`` is process-wide).
+    """
+    with _LOAD_LOCK:
+        saved = list(sys.path)
+        try:
+            return mlflow.pyfunc.load_model(uri)
+        finally:
+            sys.path[:] = saved
+
+
+def load_wrapper(reference: str) -> TaggerModel | TaggerBundle:
+    """The tagger pyfunc behind a model reference: one classifier, or the combined topic + stance model."""
+    uri = model_uri(reference)
+    try:
+        loaded = load_pyfunc(uri)
+    except Exception as exc:  # MLflow raises several types for a bad reference
+        raise TaggerError(f"model '{reference}': cannot load ({type(exc).__name__}: {exc})") from None
+    wrapper = loaded.unwrap_python_model()
+    if isinstance(wrapper, TaggerBundle) or isinstance(getattr(wrapper, "classifier", None), TextClassifier):
+        return wrapper
+    raise TaggerError(f"model '{reference}': not a tagger model")
+
+
+def set_backend(classifiers: list[TextClassifier], backend: str | None) -> None:
+    """Choose the inference backend of the classifiers whose family has it; an error if none has it."""
+    if not backend:
+        return
+    chosen = [c for c in classifiers if backend in c.backends]
+    if not chosen:
+        families = ", ".join(f"{type(c).__name__} ({'/'.join(c.backends)})" for c in classifiers)
+        raise TaggerError(f"--backend {backend}: no model here has it ({families})")
+    for classifier in chosen:
+        classifier.set_backend(backend)
+
+
+def load_classifier(reference: str, backend: str | None = None) -> TextClassifier:
+    """Load the one-task classifier behind a model reference, optionally choosing its backend."""
+    wrapper = load_wrapper(reference)
+    if isinstance(wrapper, TaggerBundle):
+        raise TaggerError(
+            f"model '{reference}' is the combined topic + stance model; use 'tagger predict' or 'tagger tag' with it"
+        )
+    set_backend([wrapper.classifier], backend)
+    return wrapper.classifier
+
+
+def pinned_requirements(extra: tuple[str, ...] = ()) -> list[str]:
+    """Pinned pip requirements of a logged model: the common stack plus ``extra`` packages."""
+    from importlib import metadata
+
+    names = ["mlflow", "scikit-learn", "numpy", "pandas", "pydantic", "catalogue", "joblib", "pysbd", "pyyaml", *extra]
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={metadata.version(name).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def log_classifier(model: TextClassifier, example: pd.DataFrame, workdir: Path):
+    """Log ``model`` in the active run as a ``TaggerModel`` pyfunc, with signature and input example."""
+    path = workdir / ARTIFACT_KEY
+    model.save(path)
+    example = example.head(3).copy()
+    if not example["target"].str.strip().any():
+        example = example[["text"]]
+    signature = mlflow.models.infer_signature(example, predict_frame(model, example))
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=TaggerModel(),
+        artifacts={ARTIFACT_KEY: str(path)},
+        code_paths=[str(PACKAGE_ROOT)],
+        signature=signature,
+        input_example=example,
+        pip_requirements=pinned_requirements(tuple(model.requirements)),
+    )
+
+
+def bundle_model_arguments(folders: dict[str, str]) -> dict:
+    """What ``mlflow.pyfunc.log_model``/``save_model`` need for a topic + stance ``TaggerBundle``.
+
+    ``folders`` maps ``topic`` and ``stance`` to saved classifier folders (a model's ``artifacts/classifier``).
+    The signature makes ``target`` optional (the default target is used where it is missing).
+    """
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, Schema
+
+    example = pd.DataFrame({"text": ["Both ministers signed a gas supply agreement."], "target": [DEFAULT_TARGET]})
+    topic, stance = (TextClassifier.load(Path(folders[task])) for task in ("topic", "stance"))
+    outputs = infer_signature(example, tag_frame(topic, stance, *score_pair(topic, stance, example))).outputs
+    inputs = Schema([ColSpec("string", "text"), ColSpec("string", "target", required=False)])
+    return {
+        "python_model": TaggerBundle(),
+        "artifacts": folders,
+        "code_paths": [str(PACKAGE_ROOT)],
+        "signature": ModelSignature(inputs=inputs, outputs=outputs),
+        "input_example": example,
+        "pip_requirements": pinned_requirements(("torch", "transformers", "onnxruntime", "onnx")),
+    }
+
+
+def predict_records(reference: str, rows: list[dict], target: str, backend: str | None = None) -> list[dict]:
+    """Tag sentence dicts (``text``, optional ``target``) with a one-task model or the combined model.
+
+    Rows without a target get ``target``. Returns each row with the model's output added
+    (``labels``/``label`` and ``scores``, or ``topics``/``topic_scores``/``stance``/``stance_scores``).
+    """
+    from train.outputs import classifier_records, tag_records
+
+    wrapper = load_wrapper(reference)
+    with_target = [{**row, "target": row.get("target") or target} for row in rows]
+    frame = model_inputs(pd.DataFrame(with_target), target)
+    if isinstance(wrapper, TaggerBundle):
+        set_backend([wrapper.topic, wrapper.stance], backend)
+        records = tag_records(wrapper.topic, wrapper.stance, *score_pair(wrapper.topic, wrapper.stance, frame))
+    else:
+        set_backend([wrapper.classifier], backend)
+        records = classifier_records(wrapper.classifier, wrapper.classifier.predict_proba(frame))
+        if wrapper.classifier.multilabel:
+            with_target = rows  # a topic model reads no target: none is echoed
+    return [{**row, **record} for row, record in zip(with_target, records, strict=True)]
+
+
+def export_model(name: str, alias: str, out: Path) -> Path:
+    """Copy the registered model ``name@alias`` into ``out``: a folder that loads without the registry."""
+    import shutil
+    import tempfile
+
+    from train.tracking import store
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TaggerError(f"{out}: exists and is not an empty folder")
+    store.setup()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(f"models:/{name}@{alias}", dst_path=tmp)
+        except Exception as exc:  # noqa: BLE001 - MLflow raises several types
+            raise TaggerError(f"models:/{name}@{alias}: cannot export ({exc})") from None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(local, out, dirs_exist_ok=True)
+    return out

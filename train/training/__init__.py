@@ -1,0 +1,1 @@
+"""Training: one experiment from config to MLflow run, in named steps."""
