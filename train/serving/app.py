@@ -300,5 +300,7 @@ def run_server(app: FastAPI, sock) -> None:
 
     # hand the GIL between the event loop and the inference thread quickly (default 5 ms adds latency)
     sys.setswitchinterval(0.0005)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    # keep idle connections longer than clients do (httpx: 5 s), so a client never reuses a
+    # connection at the moment the server closes it (that race surfaced as rare read errors)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=75)
     uvicorn.Server(config).run(sockets=[sock])
