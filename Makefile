@@ -12,7 +12,7 @@ UI_PORT ?= 5000
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install demo demo-full test lint bench bench-reliability ui clean-store
+.PHONY: install browser demo demo-full test lint bench bench-reliability ui clean-store
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,15 @@ train-configs:
 	@$(TAGGER) runs --task stance --metric seeds/f1_macro --limit 8
 	@echo "Open the MLflow UI with: make ui   (then http://127.0.0.1:$(UI_PORT))"
 
-test: $(STAMP)
+# Debian's chromium for the browser tests (as root; skipped with a reason where it cannot be installed)
+browser:
+	@if ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null || echo "chromium not installed: browser tests will be skipped"; \
+		else echo "not root: chromium not installed, browser tests will be skipped"; fi; \
+	fi
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check train tests bench scripts
 	$(PY) -m pytest -q
 

@@ -299,9 +299,24 @@ def validate(raw: dict, source: str = "config") -> Config:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read, merge, override and validate a config file."""
     path = Path(path)
-    raw = apply_overrides(load_raw(path), overrides or [])
-    config = validate(raw, source=str(path))
+    base = load_raw(path)
+    raw = apply_overrides(base, overrides or [])
+    try:
+        config = validate(raw, source=str(path))
+    except TaggerError as exc:
+        if overrides and _is_valid(base):  # the file is fine on its own: the --set values are at fault
+            given = " ".join(f"--set {item}" for item in overrides)
+            raise TaggerError(str(exc).replace(str(path), given, 1)) from None
+        raise
     return resolve_paths(config, path.resolve().parent)
+
+
+def _is_valid(raw: dict) -> bool:
+    try:
+        Config.model_validate(raw)
+    except ValidationError:
+        return False
+    return True
 
 
 def dump_config(config: Config) -> str:

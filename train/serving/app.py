@@ -27,6 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from train.data.sentences import MAX_SENTENCE_CHARS, is_blank
@@ -203,11 +204,15 @@ def create_app(
         yield
         batcher.close()
 
-    app = FastAPI(
+    # FastAPI's /docs loads Swagger UI from a CDN and is blank offline; fastapi-offline serves the
+    # same assets from the installed package
+    app = FastAPIOffline(
         title="tagger",
         version="1",
         description="Topic and stance tagging of news sentences.",
         lifespan=lifespan,
+        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes, read_timeout=min(request_timeout, 10.0))
     app.add_exception_handler(RequestValidationError, validation_error)

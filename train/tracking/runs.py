@@ -79,8 +79,13 @@ def list_runs(
     if every_status and column not in frame.columns:
         frame[column] = float("nan")
     if column not in frame.columns:
+        import difflib
+
         known = sorted(c.removeprefix("metrics.") for c in frame.columns if c.startswith("metrics."))
-        raise TaggerError(f"no run logged metric '{metric}'; known metrics include: {', '.join(known[:12])}")
+        hint = difflib.get_close_matches(metric, known, n=1, cutoff=0.6)
+        suggestion = f"did you mean '{hint[0]}'? " if hint else ""
+        listed = ", ".join(known[:12])
+        raise TaggerError(f"no run logged metric '{metric}'; {suggestion}known metrics include: {listed}")
     frame = rank(frame, metric)
     shown = {
         "run_id": frame["run_id"],
@@ -110,8 +115,11 @@ def render_table(table: pd.DataFrame, metric: str) -> None:
 
     out = Table(title=f"runs by {metric}")
     for column in table.columns:
-        out.add_column(str(column), justify="right" if table[column].dtype.kind == "f" else "left")
+        if column == "run_id":  # whole ids, never cut: they are what the other commands take
+            out.add_column("run_id", no_wrap=True, min_width=32, overflow="fold")
+        else:
+            out.add_column(str(column), justify="right" if table[column].dtype.kind == "f" else "left")
     for row in table.itertuples(index=False):
         out.add_row(*["" if pd.isna(v) else str(v) for v in row])
     # a pipe or CI log gets a wide table instead of one wrapped at 80 columns
-    Console(width=None if sys.stdout.isatty() else 180).print(out)
+    Console(width=None if sys.stdout.isatty() else 200).print(out)
