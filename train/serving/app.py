@@ -93,25 +93,24 @@ class TagRequest(BaseModel):
 
 class BodyLimit:
     """Pure ASGI middleware: 413 for bodies over the limit, 408 for bodies not sent within
-    ``read_timeout`` seconds, 422 for bodies that are not UTF-8.
+    ``read_timeout`` seconds, 422 for bodies that are not UTF-8. An oversize body is read to its end
+    (up to ``drain_bytes``) before the 413, so every client reads the answer.
 
     It buffers the (bounded) body once and replays it, without the overhead of ``BaseHTTPMiddleware``.
     """
 
-    def __init__(self, app, max_body_bytes: int, read_timeout: float = 10.0):
+    def __init__(self, app, max_body_bytes: int, read_timeout: float = 10.0, drain_bytes: int = 64_000_000):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.read_timeout = read_timeout
+        self.drain_bytes = drain_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return await self._reply(send, 413, f"request body over {self.max_body_bytes} bytes")
         chunks, size, more = [], 0, True
         deadline = time.monotonic() + self.read_timeout
+        too_large = f"request body over {self.max_body_bytes} bytes"
         while more:
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(deadline - time.monotonic(), 0.001))
@@ -121,10 +120,19 @@ class BodyLimit:
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
-                return await self._reply(send, 413, f"request body over {self.max_body_bytes} bytes")
-            chunks.append(chunk)
             more = message.get("more_body", False)
+            if size > self.max_body_bytes:
+                # read the rest (as nginx lingers) so that a client still sending sees the 413 instead
+                # of a broken pipe; bounded in bytes and time
+                while more and size <= self.drain_bytes and time.monotonic() < deadline:
+                    try:
+                        message = await asyncio.wait_for(receive(), timeout=max(deadline - time.monotonic(), 0.001))
+                    except TimeoutError:
+                        break
+                    size += len(message.get("body", b""))
+                    more = message.get("more_body", False) and message["type"] != "http.disconnect"
+                return await self._reply(send, 413, too_large)
+            chunks.append(chunk)
         body = b"".join(chunks)
         try:
             body.decode("utf-8")

@@ -109,17 +109,18 @@ def list_runs(
     return pd.DataFrame(shown).head(limit).reset_index(drop=True)
 
 
-def render_table(table: pd.DataFrame, metric: str) -> None:
+def render_table(table: pd.DataFrame, metric: str, width: int | None = None) -> None:
+    """Print the runs as a table; run ids are never cut (``width``: the console width, default the terminal's)."""
     from rich.console import Console
     from rich.table import Table
 
     out = Table(title=f"runs by {metric}")
     for column in table.columns:
         if column == "run_id":  # whole ids, never cut: they are what the other commands take
-            out.add_column("run_id", no_wrap=True, min_width=32, overflow="fold")
+            out.add_column("run_id", no_wrap=True, min_width=32)
         else:
             out.add_column(str(column), justify="right" if table[column].dtype.kind == "f" else "left")
     for row in table.itertuples(index=False):
         out.add_row(*["" if pd.isna(v) else str(v) for v in row])
     # a pipe or CI log gets a wide table instead of one wrapped at 80 columns
-    Console(width=None if sys.stdout.isatty() else 200).print(out)
+    Console(width=width or (None if sys.stdout.isatty() else 200)).print(out)

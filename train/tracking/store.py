@@ -156,6 +156,10 @@ def initialize_store(uri: str) -> None:
         _INITIALIZED.add(uri)
 
 
+# The MLflow UI opens an experiment in its GenAI view unless the experiment says it is model training.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(name: str) -> str:
     """Id of experiment ``name``, created if missing (embedded store: artifacts under ``mlartifacts/``).
 
@@ -164,11 +168,13 @@ def ensure_experiment(name: str) -> str:
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before tagger set the kind
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return experiment.experiment_id
     embedded = mlflow.get_tracking_uri().startswith("sqlite:")
     location = (home() / "mlartifacts").resolve().as_uri() if embedded else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except mlflow.exceptions.MlflowException:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

@@ -175,7 +175,10 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
             with step("evaluating"):
                 results = evaluate_all(config, model, [("dev", dev_part), *eval_sets.items()], train_labels, workdir)
             confidence = f"{config.evaluation.confidence:.0%} bootstrap intervals"
-            log.info("scores of run %s (%s):\n%s", run.info.run_id, confidence, score_table(results))
+            table = score_table(results)
+            log.info("scores of run %s (%s):\n%s", run.info.run_id, confidence, table)
+            # the run's description in the MLflow UI: the headline scores, readable without picking columns
+            mlflow.set_tag("mlflow.note.content", f"{config.model.family} ({confidence})\n\n```\n{table}\n```")
             write_run_files(config, run, run_name, prepared, results, workdir)
             if config.tracking.log_model:
                 with step("logging model"):
