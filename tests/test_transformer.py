@@ -169,3 +169,22 @@ def test_tagger_backend_applies_to_the_models_that_have_it(tiny_run, small_train
         assert abs(int8[0]["topic_scores"][label] - score) <= INT8_TOLERANCE
     with pytest.raises(TaggerError, match="--backend onnx: no model here has it"):
         Tagger.load(stance_run, stance_run, backend="onnx")
+
+
+def test_loaded_embedding_model_caches_in_memory_only(tmp_path):
+    """Serving (a loaded model) writes no embedding files from user text and keeps a bounded cache."""
+    from train.models.base import TextClassifier
+    from train.models.checks import toy_problem
+    from train.registry import build_model
+
+    X, y, labels = toy_problem(multilabel=False, n=12)
+    model = build_model("embedding_logreg", "multiclass", labels, {"cache_dir": str(tmp_path / "cache")}, 13)
+    model.fit(X, y)
+    files = set((tmp_path / "cache").rglob("*.npy"))
+    model.save(tmp_path / "model")
+    loaded = TextClassifier.load(tmp_path / "model")
+    loaded.predict_proba(X.head(2))  # builds the cache
+    loaded.cache_.memory_items = 5
+    loaded.predict_proba(X.assign(text=[f"New sentence {i} about gas." for i in range(len(X))]))
+    assert set((tmp_path / "cache").rglob("*.npy")) == files
+    assert len(loaded.cache_.memory) == 5

@@ -73,7 +73,8 @@ def check_family(name: str, params: dict | None = None, seed: int = 7, min_agree
         known = set(labels)
         assert all(set(d) <= known if multilabel else d in known for d in decided), f"{name}: unknown labels"
         agreement = np.mean([set(d) == set(g) if multilabel else d == g for d, g in zip(decided, y, strict=True)])
-        assert agreement >= min_agreement, f"{name}: labels are not column-aligned ({agreement:.0%} right on its own data)"
+        misaligned = f"{name}: labels are not column-aligned ({agreement:.0%} right on its own data)"
+        assert agreement >= min_agreement, misaligned
         with tempfile.TemporaryDirectory() as tmp:
             model.save(Path(tmp) / "model")
             loaded = TextClassifier.load(Path(tmp) / "model")

@@ -38,7 +38,10 @@ class EmbeddingLogReg(TextClassifier):
             reference = getattr(self, "encoder_dir_", None) or resolve_encoder(self.params["name_or_path"])
             encoder = SentenceEncoder(str(reference), self.params["max_length"], self.params["batch_size"])
             folder = self.params["cache_dir"] or Path(os.environ.get("TAGGER_HOME", ".")) / ".cache" / "embeddings"
-            self.cache_ = EmbeddingCache(Path(folder), encoder)
+            # a loaded model (serving, evaluation) keeps a bounded cache in memory only: no files
+            # derived from user text, no growth without bound
+            persist = getattr(self, "persist_embeddings_", True)
+            self.cache_ = EmbeddingCache(Path(folder) if persist else None, encoder)
         return self.cache_
 
     def _features(self, X: pd.DataFrame) -> np.ndarray:
@@ -76,6 +79,7 @@ class EmbeddingLogReg(TextClassifier):
 
     def _restore(self, folder: Path) -> None:
         self.encoder_dir_ = folder / "encoder"
+        self.persist_embeddings_ = False
         self.cache_ = None
 
     def model_info(self) -> dict[str, float]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,12 +142,20 @@ class SentenceEncoder:
 
 
 class EmbeddingCache:
-    """On-disk embeddings keyed by model and text hash: a second run over the same data skips encoding."""
+    """Embeddings keyed by model and text hash: a second run over the same data skips encoding.
 
-    def __init__(self, folder: Path, encoder: SentenceEncoder):
+    With a ``folder`` (training) vectors are kept on disk; without one (a loaded model, e.g. while
+    serving) the last ``memory_items`` vectors are kept in memory only.
+    """
+
+    def __init__(self, folder: Path | None, encoder: SentenceEncoder, memory_items: int = 20_000):
         self.encoder = encoder
-        self.folder = folder / model_key(encoder.reference) / str(encoder.max_length)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = None if folder is None else folder / model_key(encoder.reference) / str(encoder.max_length)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.memory_items = memory_items
+        self.lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
@@ -153,23 +163,42 @@ class EmbeddingCache:
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return self.folder / digest[:2] / f"{digest}.npy"
 
+    def _get(self, text: str) -> np.ndarray | None:
+        if self.folder is not None:
+            path = self._file(text)
+            return np.load(path) if path.exists() else None
+        with self.lock:
+            vector = self.memory.get(text)
+            if vector is not None:
+                self.memory.move_to_end(text)
+            return vector
+
+    def _put(self, text: str, vector: np.ndarray) -> None:
+        if self.folder is None:
+            with self.lock:
+                self.memory[text] = vector
+                while len(self.memory) > self.memory_items:
+                    self.memory.popitem(last=False)
+            return
+        path = self._file(text)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.npy")
+        np.save(tmp, vector)
+        tmp.replace(path)  # atomic: a killed run never leaves a half-written vector
+
     def encode(self, texts: list[str]) -> np.ndarray:
         unique = list(dict.fromkeys(texts))
         found: dict[str, np.ndarray] = {}
         for text in unique:
-            path = self._file(text)
-            if path.exists():
-                found[text] = np.load(path)
+            vector = self._get(text)
+            if vector is not None:
+                found[text] = vector
         missing = [t for t in unique if t not in found]
         self.hits += len(unique) - len(missing)
         self.misses += len(missing)
         if missing:
-            log.info("encoding %d sentences (%d cached)", len(missing), len(unique) - len(missing))
+            log.debug("encoding %d sentences (%d cached)", len(missing), len(unique) - len(missing))
             for text, vector in zip(missing, self.encoder.encode(missing), strict=True):
-                path = self._file(text)
-                path.parent.mkdir(exist_ok=True)
-                tmp = path.with_suffix(".tmp.npy")
-                np.save(tmp, vector)
-                tmp.replace(path)  # atomic: a killed run never leaves a half-written vector
+                self._put(text, vector)
                 found[text] = vector
         return np.stack([found[t] for t in texts]) if texts else np.zeros((0, 0), dtype=np.float32)
