@@ -154,12 +154,9 @@ def _deep_merge(base: dict, override: dict) -> dict:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise TaggerError(f"{path}: config file not found") from exc
-    except UnicodeDecodeError as exc:
-        raise TaggerError(f"{path}: not valid UTF-8") from exc
+    from train.inputs import read_utf8
+
+    text = read_utf8(path, "config file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

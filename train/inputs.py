@@ -10,6 +10,16 @@ from pathlib import Path
 from train.errors import TaggerError
 
 
+def read_utf8(path: Path, what: str = "file") -> str:
+    """The text of a UTF-8 file; one clear line when it is missing or not UTF-8 (``what``: e.g. "config file")."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TaggerError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as exc:
+        raise TaggerError(f"{path}: not valid UTF-8 (byte {exc.start}): {exc.reason}") from None
+
+
 def read_source(source: str) -> tuple[str, str]:
     """Text of a file (or stdin for '-') and its display name; clear errors for missing or non-UTF-8 input."""
     if source == "-":

@@ -181,12 +181,9 @@ def split_text(
 
 def read_article(path: Path) -> str:
     """Read a UTF-8 article, with a clear error for empty or non-UTF-8 files."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise TaggerError(f"{path}: file not found") from exc
-    except UnicodeDecodeError as exc:
-        raise TaggerError(f"{path}: not valid UTF-8 (byte {exc.start}): {exc.reason}") from exc
+    from train.inputs import read_utf8
+
+    text = read_utf8(path)
     if not text.strip():
         raise TaggerError(f"{path}: file is empty")
     return text
