@@ -47,7 +47,7 @@ def multiclass_metrics(y: np.ndarray, p: np.ndarray, labels: list[str]) -> dict[
     return {k: float(v) for k, v in out.items()}
 
 
-def _f1_per_label(G: np.ndarray, P: np.ndarray) -> np.ndarray:
+def f1_per_label(G: np.ndarray, P: np.ndarray) -> np.ndarray:
     """F1 of each label (last axis) of indicator arrays; a label with no gold and no predicted scores 0."""
     tp = (G * P).sum(axis=-2)
     fp = ((1 - G) * P).sum(axis=-2)
@@ -58,7 +58,7 @@ def _f1_per_label(G: np.ndarray, P: np.ndarray) -> np.ndarray:
 
 def macro_f1_onehot(G: np.ndarray, P: np.ndarray) -> np.ndarray:
     """Macro F1 over the last axis of indicator arrays (F1 of a label with no gold and no predicted = 0)."""
-    return _f1_per_label(G, P).mean(axis=-1)
+    return f1_per_label(G, P).mean(axis=-1)
 
 
 def headline_metrics(labels: list[str], multilabel: bool) -> dict:
@@ -81,7 +81,7 @@ def headline_metrics(labels: list[str], multilabel: bool) -> dict:
     metrics = {"f1_macro": macro_f1_onehot, "accuracy": lambda G, P: (G == P).all(axis=-1).mean(axis=-1)}
     if "favor" in labels and "against" in labels:
         pair = [labels.index("favor"), labels.index("against")]
-        metrics["f_avg"] = lambda G, P: _f1_per_label(G, P)[..., pair].mean(axis=-1)
+        metrics["f_avg"] = lambda G, P: f1_per_label(G, P)[..., pair].mean(axis=-1)
     return metrics
 
 
