@@ -70,6 +70,21 @@ def train(config_path: str, overrides: tuple[str, ...]) -> None:
 
 
 @cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--folds", default=None, type=click.IntRange(2, 50), help="Folds (default: split.folds, 5).")
+@click.option("--repeats", default=None, type=click.IntRange(1, 20), help="Repeats with other fold seeds (default 1).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (repeatable).")
+def cv(config_path: str, folds: int | None, repeats: int | None, overrides: tuple[str, ...]) -> None:
+    """Cross-validate CONFIG: a parent MLflow run, a nested run per fold, and a final model; prints the parent id."""
+    from train.config import load_config
+
+    config = load_config(config_path, list(overrides))
+    from train.training.cv import cross_validate
+
+    click.echo(cross_validate(config, config_path, folds, repeats))
+
+
+@cli.command()
 @click.argument("model")
 @click.option("--input", "source", required=True, help="JSON Lines file (or '-' for stdin) of sentences.")
 @click.option("--target", default=None, help='Stance target for lines without one (default "closer Iran–Iraq ties").')

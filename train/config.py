@@ -65,6 +65,8 @@ class SplitConfig(_Strict):
     stratify: bool = True
     group_by_column: bool = True
     seed: int = 13
+    folds: int = Field(5, ge=2, le=50)  # for `tagger cv`
+    repeats: int = Field(1, ge=1, le=20)
 
 
 class ModelConfig(_Strict):

@@ -140,18 +140,24 @@ class TextClassifier:
         """Pick, per label, the score threshold that maximises F1 on the dev set."""
         if not self.multilabel:
             return self.thresholds_
-        proba = self.predict_proba(X_dev)
-        Y = self.encode(y_dev)
-        thresholds = []
-        for j in range(len(self.labels)):
-            candidates = np.unique(np.concatenate([[0.5], np.clip(proba[:, j], 0.05, 0.95)]))
-            if Y[:, j].sum() == 0:
-                thresholds.append(0.5)
-                continue
-            f1s = [f1_score(Y[:, j], proba[:, j] >= t, zero_division=0) for t in candidates]
-            best = max(f1s)
-            # among ties, take the threshold closest to 0.5 so the choice is stable
-            ties = [t for t, f in zip(candidates, f1s, strict=True) if f >= best - 1e-12]
-            thresholds.append(float(min(ties, key=lambda t: abs(t - 0.5))))
-        self.thresholds_ = np.array(thresholds)
+        self.thresholds_ = best_thresholds(self.predict_proba(X_dev), self.encode(y_dev))
         return self.thresholds_
+
+
+def best_thresholds(proba: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Per label, the score threshold that maximises F1 of ``proba`` against indicator matrix ``Y``.
+
+    Among ties the threshold closest to 0.5 wins, so the choice is stable; a label without
+    positives keeps 0.5.
+    """
+    thresholds = []
+    for j in range(Y.shape[1]):
+        candidates = np.unique(np.concatenate([[0.5], np.clip(proba[:, j], 0.05, 0.95)]))
+        if Y[:, j].sum() == 0:
+            thresholds.append(0.5)
+            continue
+        f1s = [f1_score(Y[:, j], proba[:, j] >= t, zero_division=0) for t in candidates]
+        best = max(f1s)
+        ties = [t for t, f in zip(candidates, f1s, strict=True) if f >= best - 1e-12]
+        thresholds.append(float(min(ties, key=lambda t: abs(t - 0.5))))
+    return np.array(thresholds)

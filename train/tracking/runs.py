@@ -40,7 +40,14 @@ def finished_runs(experiment: str, task: str) -> pd.DataFrame:
     runs = all_runs(experiment, task)
     if runs.empty:
         return runs
-    return runs[(runs["status"] == "FINISHED") & has_model(runs)].reset_index(drop=True)
+    return runs[(runs["status"] == "FINISHED") & has_model(runs) & ~is_fold(runs)].reset_index(drop=True)
+
+
+def is_fold(runs: pd.DataFrame) -> pd.Series:
+    """Which runs are the nested fold runs of a cross-validation (never candidates themselves)."""
+    if "tags.tagger.cv" not in runs.columns:
+        return pd.Series(False, index=runs.index)
+    return runs["tags.tagger.cv"] == "fold"
 
 
 LOWER_IS_BETTER = {"train_seconds", "model_size_mb", "model_parameters"}
@@ -103,6 +110,11 @@ def list_runs(
         "dev/f1_macro": frame["metrics.dev/f1_macro"].round(4),
         "started": frame["start_time"].dt.strftime("%Y-%m-%d %H:%M"),
     }
+    if "metrics.cv/f1_macro_mean" in frame.columns:  # cross-validated runs: mean ± std over folds
+        shown["cv/f1_macro"] = [
+            f"{m:.3f} ± {sd:.3f}" if pd.notna(m) else ""
+            for m, sd in zip(frame["metrics.cv/f1_macro_mean"], frame["metrics.cv/f1_macro_std"], strict=True)
+        ]
     if every_status:
         shown["status"] = frame["status"]
         shown["model"] = ((frame["status"] == "FINISHED") & has_model(frame)).map({True: "yes", False: "no"})

@@ -62,7 +62,7 @@ def check_leakage(config: Config, train: LabelledData, eval_sets: dict[str, Labe
     return counts
 
 
-def _dataset_frame(data: LabelledData) -> pd.DataFrame:
+def dataset_frame(data: LabelledData) -> pd.DataFrame:
     frame = data.frame[["id", "text", "target"]].copy()
     frame["labels"] = [";".join(v) if isinstance(v, list) else v for v in data.labels]
     return frame
@@ -223,7 +223,7 @@ def log_inputs(config: Config, prepared: Prepared) -> None:
         *[(d, str(d.path), name, "eval") for name, d in prepared.eval_sets.items()],
     ]
     for part, source, name, context in inputs:
-        dataset = mlflow.data.from_pandas(_dataset_frame(part), source=source, name=name)
+        dataset = mlflow.data.from_pandas(dataset_frame(part), source=source, name=name)
         # runs started together may log the same new dataset at once; the loser retries and reuses it
         store.retry_on_conflict(lambda dataset=dataset, context=context: mlflow.log_input(dataset, context=context))
 
