@@ -30,12 +30,13 @@ def test_too_few_groups_is_an_error():
         grouped_stratified_folds(np.ones((9, 2)), np.repeat([1, 2, 3], 3), 5)
 
 
-def test_cv_logs_a_parent_with_fold_children_and_a_final_model(small_train):
+def test_cv_logs_a_parent_with_fold_children_and_a_final_model(small_train, tmp_path, monkeypatch):
     from train.config import load_config
     from train.tracking.promote import choose
     from train.tracking.runs import list_runs
     from train.training.cv import cross_validate
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'cv.db'}")  # its own store
     config = load_config(
         ROOT / "configs/topic/tfidf_logreg.yaml",
         [f"data.train={small_train}", "evaluation.bootstrap_samples=0", "model.params.char_ngram_range=null"],

@@ -22,13 +22,14 @@ def test_promote_picks_best_and_moves_aliases(registry):
     runs, output = registry
     client = mlflow.MlflowClient()
     scores = {
-        family: mlflow.get_run(runs[("topic", family)]).data.metrics["seeds/f1_macro"]
+        family: mlflow.get_run(runs[("topic", family)]).data.metrics["dev/f1_macro"]  # validation, not the seeds
         for family in ("tfidf_logreg", "tfidf_svm")
     }
     best = max(scores, key=scores.get)
     champion = client.get_model_version_by_alias("tagger-topic", "champion")
     assert champion.run_id == runs[("topic", best)]
-    assert "Runner-up" in champion.description and champion.tags["metric"] == "seeds/f1_macro"
+    assert "Runner-up" in champion.description and champion.tags["metric"] == "validation/f1_macro"
+    assert "test: seeds/f1_macro" in champion.description and "significant" in champion.description
     assert "tagger-topic v1 is now @champion" in output
     choice_dry = invoke("promote", "--task", "topic", "--metric", "dev/f1_macro", "--dry-run").stdout
     assert "dry run: nothing registered" in choice_dry

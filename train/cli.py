@@ -215,7 +215,12 @@ def split_seeds(seeds_dir: str, output: str) -> None:
 
 @cli.command()
 @click.option("--task", required=True, type=click.Choice(["topic", "stance"]), help="Which task to promote.")
-@click.option("--metric", default="seeds/f1_macro", show_default=True, help="Metric that picks the winner.")
+@click.option(
+    "--metric",
+    default="validation/f1_macro",
+    show_default=True,
+    help="Metric that picks the winner (default: CV mean where a run has one, else dev; seeds are a test set).",
+)
 @click.option("--dry-run", is_flag=True, help="Show the choice; change nothing.")
 @click.option("--rollback", is_flag=True, help="Swap 'champion' and 'previous' instead (undo the last promotion).")
 def promote(task: str, metric: str, dry_run: bool, rollback: bool) -> None:

@@ -18,7 +18,7 @@ from train.domain import BUNDLE, BUNDLE_EXPERIMENT, CHAMPION, PREVIOUS, experime
 from train.errors import TaggerError
 from train.tracking import store
 from train.tracking.packaging import bundle_model_arguments
-from train.tracking.runs import finished_runs, rank
+from train.tracking.runs import VALIDATION_METRIC, finished_runs, rank
 
 
 @dataclass
@@ -27,23 +27,53 @@ class Choice:
     metric: str
     winner: pd.Series
     runner_up: pd.Series | None
+    significance: str = ""
 
     def describe(self) -> str:
         def line(run: pd.Series) -> str:
+            tests = [
+                f"{c.removeprefix('metrics.')} = {run[c]:.4f}"
+                for c in run.index
+                if c.startswith("metrics.")
+                and c.endswith("/f1_macro")
+                and c.split("/")[0].removeprefix("metrics.") not in ("dev", "validation")
+                and pd.notna(run[c])
+            ]
+            test_scores = f"; test: {', '.join(tests)}" if tests else ""
             return (
                 f"run {run['run_id']} ({run.get('tags.mlflow.runName')}, {run.get('tags.model_family')}): "
-                f"{self.metric} = {run[f'metrics.{self.metric}']:.4f}, "
-                f"dev/f1_macro = {run.get('metrics.dev/f1_macro'):.4f}"
+                f"{self.metric} = {run[f'metrics.{self.metric}']:.4f}{test_scores}"
             )
 
         text = f"Best {self.task} run by {self.metric}: {line(self.winner)}."
         if self.runner_up is not None:
             text += f" Runner-up: {line(self.runner_up)}."
+        if self.significance:
+            text += f" {self.significance}"
         return text
 
 
-def choose(task: str, metric: str = "seeds/f1_macro") -> Choice:
-    """The best finished run of ``task`` that logged a model, by ``metric``."""
+def significance(winner: pd.Series, runner_up: pd.Series | None, set_name: str = "seeds") -> str:
+    """Whether the winner beats the runner-up on ``set_name`` beyond chance (paired bootstrap), as a sentence."""
+    if runner_up is None:
+        return ""
+    from train.evaluation.compare import compare_runs
+
+    try:
+        result = compare_runs(runner_up["run_id"], winner["run_id"], set_name, "f1_macro", samples=2000)
+    except TaggerError:
+        return ""
+    d = result.metric
+    verdict = "significant" if d.p_value < 0.05 else "not significant"
+    return (
+        f"On {set_name}, winner - runner-up f1_macro = {d.diff:+.4f} "
+        f"[{d.low:+.4f}, {d.high:+.4f}], p = {d.p_value:.3f}: {verdict}."
+    )
+
+
+def choose(task: str, metric: str = VALIDATION_METRIC) -> Choice:
+    """The best finished run of ``task`` that logged a model, by ``metric`` (default: the validation score,
+    the CV mean where a run has one, else dev), with a paired test of its margin over the runner-up."""
     runs = finished_runs(experiment_name(task), task)
     column = f"metrics.{metric}"
     if runs.empty or column not in runs.columns:
@@ -53,10 +83,10 @@ def choose(task: str, metric: str = "seeds/f1_macro") -> Choice:
         raise TaggerError(f"no finished {task} run with a logged model has the metric '{metric}'")
     runs = rank(runs, metric)
     runner_up = runs.iloc[1] if len(runs) > 1 else None
-    return Choice(task, metric, runs.iloc[0], runner_up)
+    return Choice(task, metric, runs.iloc[0], runner_up, significance(runs.iloc[0], runner_up))
 
 
-def promote(task: str, metric: str = "seeds/f1_macro", dry_run: bool = False) -> tuple[Choice, str | None, bool]:
+def promote(task: str, metric: str = VALIDATION_METRIC, dry_run: bool = False) -> tuple[Choice, str | None, bool]:
     """Register the chosen run and move the aliases.
 
     Returns the choice, the champion version (None on a dry run) and whether it changed: when the

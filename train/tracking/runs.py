@@ -40,7 +40,23 @@ def finished_runs(experiment: str, task: str) -> pd.DataFrame:
     runs = all_runs(experiment, task)
     if runs.empty:
         return runs
-    return runs[(runs["status"] == "FINISHED") & has_model(runs) & ~is_fold(runs)].reset_index(drop=True)
+    runs = runs[(runs["status"] == "FINISHED") & has_model(runs) & ~is_fold(runs)].reset_index(drop=True)
+    return with_validation_metric(runs)
+
+
+VALIDATION_METRIC = "validation/f1_macro"
+
+
+def with_validation_metric(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add ``validation/f1_macro``: the cross-validated mean where a run has one, else its dev score.
+
+    This is what model choice should rank by; the seeds and other evaluation sets are test scores.
+    """
+    runs = runs.copy()
+    cv = runs.get("metrics.cv/f1_macro_mean", pd.Series(float("nan"), index=runs.index))
+    dev = runs.get("metrics.dev/f1_macro", pd.Series(float("nan"), index=runs.index))
+    runs[f"metrics.{VALIDATION_METRIC}"] = cv.fillna(dev)
+    return runs
 
 
 def is_fold(runs: pd.DataFrame) -> pd.Series:
