@@ -60,3 +60,21 @@ def test_compare_bad_references_are_one_line(registry):
         compare_runs(a, a, set_name="nothing", samples=100)
     with pytest.raises(TaggerError, match="different task types"):
         compare_runs(a, registry[0][("stance", "tfidf_logreg")], samples=100)
+
+
+def test_point_values_match_the_logged_metrics():
+    from train.evaluation.metrics import multiclass_metrics, multilabel_metrics
+
+    rng = np.random.default_rng(2)
+    g = rng.integers(0, 3, 300)
+    a = np.where(rng.random(300) < 0.8, g, rng.integers(0, 3, 300))
+    reference = multiclass_metrics(g, a, LABELS)
+    for metric in ("f1_macro", "accuracy", "f_avg"):
+        result = compare_predictions(g, a, a, LABELS, multilabel=False, metric=metric, samples=200)
+        assert result.metric.a == pytest.approx(reference[metric]), metric
+    G = rng.integers(0, 2, (300, 4))
+    P = np.where(rng.random((300, 4)) < 0.8, G, 1 - G)
+    reference = multilabel_metrics(G, P, list("abcd"))
+    for metric in ("f1_macro", "f1_micro", "hamming_loss"):
+        result = compare_predictions(G, P, P, list("abcd"), multilabel=True, metric=metric, samples=200)
+        assert result.metric.a == pytest.approx(reference[metric]), metric

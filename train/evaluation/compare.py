@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from train.errors import TaggerError
-from train.evaluation.metrics import f1_per_label, headline_metrics
+from train.evaluation.metrics import headline_metrics
 
 
 @dataclass
@@ -71,6 +71,30 @@ def _difference(name: str, a_values: np.ndarray, b_values: np.ndarray, a: float,
     return Difference(name, float(a), float(b), float(b - a), float(low), float(high), _p_value(diffs))
 
 
+def _weighted_metrics(
+    weights: np.ndarray, gold: np.ndarray, pred: np.ndarray, labels: list[str], multilabel: bool
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The headline metrics (see ``headline_metrics``) of each row of sentence ``weights``, and per-label F1.
+
+    A bootstrap resample is a row of counts per sentence, so true/false positives are matrix products.
+    """
+    gold, pred = gold.astype(float), pred.astype(float)
+    tp, fp, fn = weights @ (gold * pred), weights @ ((1 - gold) * pred), weights @ (gold * (1 - pred))
+    denominator = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+    total = weights.sum(axis=1)
+    scores = {"f1_macro": f1.mean(axis=1)}
+    if multilabel:
+        micro = 2 * tp.sum(axis=1) + fp.sum(axis=1) + fn.sum(axis=1)
+        scores["f1_micro"] = np.divide(2 * tp.sum(axis=1), micro, out=np.zeros_like(micro), where=micro > 0)
+        scores["hamming_loss"] = weights @ (gold != pred).mean(axis=1) / total
+    else:
+        scores["accuracy"] = weights @ (gold == pred).all(axis=1) / total
+        if "favor" in labels and "against" in labels:
+            scores["f_avg"] = f1[:, [labels.index("favor"), labels.index("against")]].mean(axis=1)
+    return scores, f1
+
+
 def mcnemar_exact(a_right: np.ndarray, b_right: np.ndarray) -> dict:
     """McNemar's exact (binomial) test on exact-match correctness of paired predictions."""
     from scipy.stats import binomtest
@@ -102,20 +126,20 @@ def compare_predictions(
         gold, pred_a, pred_b = eye[gold], eye[pred_a], eye[pred_b]
     rng = np.random.default_rng(seed)
     alpha = (1 - confidence) / 2
-    score = metrics[metric]
-    a_values, b_values = [], []
-    label_a, label_b = [], []
+    n = len(gold)
+    a_values, b_values, label_a, label_b = [], [], [], []
     for chunk in np.array_split(np.arange(samples), max(1, samples // 500)):  # bounded memory
-        index = rng.integers(0, len(gold), size=(len(chunk), len(gold)))
-        G, A, B = gold[index], pred_a[index], pred_b[index]
-        a_values.append(score(G, A))
-        b_values.append(score(G, B))
-        label_a.append(f1_per_label(G, A))
-        label_b.append(f1_per_label(G, B))
+        # each resample as counts per sentence: its metrics are then a few matrix products
+        index = rng.integers(0, n, size=(len(chunk), n)) + np.arange(len(chunk))[:, None] * n
+        weights = np.bincount(index.ravel(), minlength=len(chunk) * n).reshape(len(chunk), n).astype(float)
+        for pred, values, per_label in ((pred_a, a_values, label_a), (pred_b, b_values, label_b)):
+            scores, f1 = _weighted_metrics(weights, gold, pred, labels, multilabel)
+            values.append(scores[metric])
+            per_label.append(f1)
     a_values, b_values = np.concatenate(a_values), np.concatenate(b_values)
     label_a, label_b = np.concatenate(label_a), np.concatenate(label_b)
-    point_a, point_b = float(score(gold, pred_a)), float(score(gold, pred_b))
-    f1_a, f1_b = f1_per_label(gold, pred_a), f1_per_label(gold, pred_b)
+    points = [_weighted_metrics(np.ones((1, n)), gold, p, labels, multilabel) for p in (pred_a, pred_b)]
+    (point_a, f1_a), (point_b, f1_b) = ((scores[metric][0], f1[0]) for scores, f1 in points)
     per_label = [
         _difference(f"f1_{label}", label_a[:, j], label_b[:, j], f1_a[j], f1_b[j], alpha)
         for j, label in enumerate(labels)
