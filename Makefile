@@ -32,8 +32,8 @@ demo-full: $(STAMP)
 
 train-configs:
 	@for config in $(CONFIGS); do echo "== tagger train $$config"; $(TAGGER) train $$config || exit 1; done
-	@echo; $(TAGGER) runs --task topic --metric seeds/f1_macro --limit 8
-	@$(TAGGER) runs --task stance --metric seeds/f1_macro --limit 8
+	@echo; $(TAGGER) runs --task topic --metric validation/f1_macro --limit 8
+	@$(TAGGER) runs --task stance --metric validation/f1_macro --limit 8
 	@echo "Open the MLflow UI with: make ui   (then http://127.0.0.1:$(UI_PORT))"
 
 # Debian's chromium for the browser tests (as root; skipped with a reason where it cannot be installed)

@@ -149,7 +149,12 @@ def evaluate(
 
 @cli.command()
 @click.option("--task", required=True, help="Task name, e.g. topic or stance.")
-@click.option("--metric", default="seeds/f1_macro", show_default=True, help="Metric to sort by.")
+@click.option(
+    "--metric",
+    default="validation/f1_macro",
+    show_default=True,
+    help="Metric to sort by (validation/f1_macro: CV mean where a run has one, else dev).",
+)
 @click.option("--experiment", default=None, help="Experiment name (default: tagger-<task>).")
 @click.option("--limit", default=20, show_default=True, help="How many runs to show.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines instead of a table.")

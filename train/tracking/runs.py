@@ -126,6 +126,8 @@ def list_runs(
         "dev/f1_macro": frame["metrics.dev/f1_macro"].round(4),
         "started": frame["start_time"].dt.strftime("%Y-%m-%d %H:%M"),
     }
+    if metric != "seeds/f1_macro" and "metrics.seeds/f1_macro" in frame.columns:  # the test score, beside
+        shown["seeds/f1_macro (test)"] = frame["metrics.seeds/f1_macro"].round(4)
     if "metrics.cv/f1_macro_mean" in frame.columns:  # cross-validated runs: mean ± std over folds
         shown["cv/f1_macro"] = [
             f"{m:.3f} ± {sd:.3f}" if pd.notna(m) else ""
