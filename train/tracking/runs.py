@@ -56,6 +56,9 @@ def with_validation_metric(runs: pd.DataFrame) -> pd.DataFrame:
     cv = runs.get("metrics.cv/f1_macro_mean", pd.Series(float("nan"), index=runs.index))
     dev = runs.get("metrics.dev/f1_macro", pd.Series(float("nan"), index=runs.index))
     runs[f"metrics.{VALIDATION_METRIC}"] = cv.fillna(dev)
+    for bound in ("ci_low", "ci_high"):  # a dev score keeps its bootstrap interval (CV runs show ± std)
+        dev_bound = runs.get(f"metrics.dev/f1_macro_{bound}", pd.Series(float("nan"), index=runs.index))
+        runs[f"metrics.{VALIDATION_METRIC}_{bound}"] = dev_bound.where(cv.isna())
     return runs
 
 
