@@ -77,3 +77,27 @@ def test_config_mappings_with_such_labels_log_as_params():
     with mlflow.start_run() as run:
         mlflow.log_params(params)
     assert mlflow.get_run(run.info.run_id).data.params["data.label_map"] == '{"Business & Finance": "business"}'
+
+
+def test_best_thresholds_maximise_f1_like_a_scan_with_sklearn():
+    """The vectorised threshold search picks what scoring every candidate with sklearn's f1_score picks."""
+    from train.models.base import best_thresholds
+
+    def scan(proba, Y):
+        chosen = []
+        for j in range(Y.shape[1]):
+            candidates = np.unique(np.concatenate([[0.5], np.clip(proba[:, j], 0.05, 0.95)]))
+            if Y[:, j].sum() == 0:
+                chosen.append(0.5)
+                continue
+            f1s = [f1_score(Y[:, j], proba[:, j] >= t, zero_division=0) for t in candidates]
+            ties = [t for t, f in zip(candidates, f1s, strict=True) if f >= max(f1s) - 1e-12]
+            chosen.append(min(ties, key=lambda t: abs(t - 0.5)))
+        return np.array(chosen)
+
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        n = int(rng.integers(20, 200))
+        Y = (rng.random((n, 4)) < rng.random(4) * 0.5).astype(int)
+        proba = np.clip(Y * 0.3 + rng.random((n, 4)) * 0.7, 0, 1).round(int(rng.integers(2, 4)))  # with ties
+        assert np.allclose(best_thresholds(proba, Y), scan(proba, Y))

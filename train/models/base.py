@@ -15,7 +15,6 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
 from sklearn.preprocessing import MultiLabelBinarizer
 
 from train.domain import target_actors
@@ -147,17 +146,23 @@ class TextClassifier:
 def best_thresholds(proba: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """Per label, the score threshold that maximises F1 of ``proba`` against indicator matrix ``Y``.
 
-    Among ties the threshold closest to 0.5 wins, so the choice is stable; a label without
-    positives keeps 0.5.
+    Candidates are 0.5 and every score (clipped to [0.05, 0.95]); F1 at all of them comes from
+    sorted counts at once. Among ties the threshold closest to 0.5 wins, so the choice is stable; a
+    label without positives keeps 0.5.
     """
     thresholds = []
     for j in range(Y.shape[1]):
-        candidates = np.unique(np.concatenate([[0.5], np.clip(proba[:, j], 0.05, 0.95)]))
-        if Y[:, j].sum() == 0:
+        positive = Y[:, j].astype(bool)
+        if not positive.any():
             thresholds.append(0.5)
             continue
-        f1s = [f1_score(Y[:, j], proba[:, j] >= t, zero_division=0) for t in candidates]
-        best = max(f1s)
-        ties = [t for t, f in zip(candidates, f1s, strict=True) if f >= best - 1e-12]
-        thresholds.append(float(min(ties, key=lambda t: abs(t - 0.5))))
+        candidates = np.unique(np.concatenate([[0.5], np.clip(proba[:, j], 0.05, 0.95)]))
+        pos, neg = np.sort(proba[positive, j]), np.sort(proba[~positive, j])
+        tp = len(pos) - np.searchsorted(pos, candidates, side="left")  # scores >= threshold
+        fp = len(neg) - np.searchsorted(neg, candidates, side="left")
+        fn = len(pos) - tp
+        denominator = 2 * tp + fp + fn
+        f1s = np.divide(2 * tp, denominator, out=np.zeros(len(candidates)), where=denominator > 0)
+        ties = candidates[f1s >= f1s.max() - 1e-12]
+        thresholds.append(float(ties[np.argmin(np.abs(ties - 0.5))]))
     return np.array(thresholds)
