@@ -115,6 +115,8 @@ class BodyLimit:
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(deadline - time.monotonic(), 0.001))
             except TimeoutError:
+                if size > self.max_body_bytes:
+                    break  # draining an oversize body: answer 413 with what arrived
                 return await self._reply(send, 408, f"request body not received within {self.read_timeout:g} s")
             if message["type"] == "http.disconnect":
                 return None
@@ -122,17 +124,14 @@ class BodyLimit:
             size += len(chunk)
             more = message.get("more_body", False)
             if size > self.max_body_bytes:
-                # read the rest (as nginx lingers) so that a client still sending sees the 413 instead
-                # of a broken pipe; bounded in bytes and time
-                while more and size <= self.drain_bytes and time.monotonic() < deadline:
-                    try:
-                        message = await asyncio.wait_for(receive(), timeout=max(deadline - time.monotonic(), 0.001))
-                    except TimeoutError:
-                        break
-                    size += len(message.get("body", b""))
-                    more = message.get("more_body", False) and message["type"] != "http.disconnect"
-                return await self._reply(send, 413, too_large)
+                # keep reading, keeping nothing (as nginx lingers), so that a client still sending sees
+                # the 413 instead of a broken pipe; bounded in bytes and time
+                if size > self.drain_bytes:
+                    break
+                continue
             chunks.append(chunk)
+        if size > self.max_body_bytes:
+            return await self._reply(send, 413, too_large)
         body = b"".join(chunks)
         try:
             body.decode("utf-8")

@@ -32,7 +32,15 @@ from train.models.base import best_thresholds
 from train.registry import build_model
 from train.tracking import store
 from train.tracking.packaging import log_classifier
-from train.training.pipeline import dataset_frame, evaluate_all, prepare, run_tags, seed_everything, step
+from train.training.pipeline import (
+    check_trainable,
+    dataset_frame,
+    evaluate_all,
+    prepare,
+    run_tags,
+    seed_everything,
+    step,
+)
 
 log = logging.getLogger("tagger")
 
@@ -81,7 +89,7 @@ def cross_validate(
     for fold_ids in assignments:  # every training part must be fittable before any run exists
         for k in range(folds):
             part = LabelledData(data.path, data.frame[fold_ids != k].reset_index(drop=True), data.sha256)
-            model.check_data(part.inputs, model.encode(part.labels))
+            check_trainable(config, part, model)
 
     uri = store.setup(config.tracking.uri, config.experiment_name)
     store.mark_stale_runs()
