@@ -85,6 +85,30 @@ def cv(config_path: str, folds: int | None, repeats: int | None, overrides: tupl
 
 
 @cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--space", "space_path", required=True, type=click.Path(dir_okay=False), help="Search space (YAML).")
+@click.option(
+    "--trials", required=True, type=click.IntRange(1), help="Size of the study (a resumed study grows to it)."
+)
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
+@click.option("--storage", default=None, help="Optuna RDB URL (default: sqlite:///optuna.db beside mlflow.db).")
+@click.option(
+    "--study", "study_name", default=None, help="Study name; the same name resumes (default: <task>-<config>)."
+)
+@click.option("--objective", default=None, help="CV metric to optimise (default: the space's, else cv/f1_macro_mean).")
+@click.option(
+    "--out", default=None, type=click.Path(file_okay=False), help="Folder for best.yaml (default sweeps/<study>)."
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (repeatable).")
+def sweep(config_path, space_path, trials, jobs, storage, study_name, objective, out, overrides) -> None:
+    """Search CONFIG's SPACE with Optuna, each trial a cross-validation; writes best.yaml."""
+    from train.training.sweep import sweep as run_sweep
+
+    result = run_sweep(config_path, space_path, trials, jobs, storage, study_name, objective, out, overrides)
+    click.echo(result.describe())
+
+
+@cli.command()
 @click.argument("model")
 @click.option("--input", "source", required=True, help="JSON Lines file (or '-' for stdin) of sentences.")
 @click.option("--target", default=None, help='Stance target for lines without one (default "closer Iran–Iraq ties").')

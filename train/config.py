@@ -74,6 +74,13 @@ class ModelConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class DecisionConfig(_Strict):
+    """How scores become labels: tuned on dev (``tagger train``) or out-of-fold scores (``tagger cv``)."""
+
+    tune: bool = True  # false: thresholds 0.5 (multi-label), plain arg-max (multi-class)
+    objective: Literal["f1_macro", "f_avg", "accuracy"] = "f1_macro"  # multi-class offsets maximise this
+
+
 class EvalSet(_Strict):
     name: str
     path: Path
@@ -128,6 +135,7 @@ class Config(_Strict):
     data: DataConfig
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     seed: int = 13
@@ -138,6 +146,17 @@ class Config(_Strict):
 
         schema = model_params_schema(self.model.family)
         self.model.params = _validate_section(schema, self.model.params, ("model", "params")).model_dump()
+        return self
+
+    @model_validator(mode="after")
+    def _check_decision(self) -> Config:
+        if self.decision.objective == "f_avg" and not {"favor", "against"} <= set(self.task.labels):
+            raise ValueError(
+                "decision.objective f_avg (mean F1 of favor and against) needs the labels 'favor' and 'against' "
+                f"in task.labels (got {', '.join(self.task.labels)})"
+            )
+        if self.decision.objective != "f1_macro" and self.task.type == "multilabel":
+            raise ValueError("decision.objective applies to multi-class tasks; multi-label thresholds maximise F1")
         return self
 
     @property

@@ -84,4 +84,3 @@ def tag_frame(
 def score_pair(topic: TextClassifier, stance: TextClassifier, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Topic and stance scores of the same sentences."""
     return topic.predict_proba(frame), stance.predict_proba(frame)
-

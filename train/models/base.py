@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.preprocessing import MultiLabelBinarizer
 
 from train.domain import target_actors
+from train.models.decision import apply_offsets, best_offsets, best_thresholds
 
 
 def as_frame(X: pd.DataFrame | Sequence[str]) -> pd.DataFrame:
@@ -120,49 +121,44 @@ class TextClassifier:
         Y_dev = self.encode(y_dev) if y_dev is not None else None
         self._fit(X, Y, X_dev, Y_dev)
         self.thresholds_ = np.full(len(self.labels), 0.5)
+        self.offsets_ = np.zeros(len(self.labels))
         return self
 
     def predict_proba(self, X) -> np.ndarray:
         return np.asarray(self._scores(as_frame(X)), dtype=float)
 
     def decide(self, proba: np.ndarray) -> list:
-        """Scores → labels: per-label thresholds (multi-label) or arg-max (multi-class)."""
+        """Scores → labels: per-label thresholds (multi-label) or arg-max of log-score + class offset (multi-class)."""
         if self.multilabel:
             chosen = proba >= self.thresholds_
             return [[lab for lab, keep in zip(self.labels, row, strict=True) if keep] for row in chosen]
-        return [self.labels[i] for i in proba.argmax(axis=1)]
+        # models saved before offsets existed decide by plain arg-max
+        return [self.labels[i] for i in apply_offsets(proba, getattr(self, "offsets_", None))]
 
     def predict(self, X) -> list:
         return self.decide(self.predict_proba(X))
 
-    def tune_thresholds(self, X_dev, y_dev) -> np.ndarray:
-        """Pick, per label, the score threshold that maximises F1 on the dev set."""
-        if not self.multilabel:
-            return self.thresholds_
-        self.thresholds_ = best_thresholds(self.predict_proba(X_dev), self.encode(y_dev))
-        return self.thresholds_
+    def tune_decision(self, X_dev, y_dev, objective: str = "f1_macro") -> None:
+        """Tune the decision on dev: per-label thresholds for F1 (multi-label), class offsets for ``objective``."""
+        self.set_decision(self.predict_proba(X_dev), self.encode(y_dev), objective)
 
+    def set_decision(self, proba: np.ndarray, Y: np.ndarray, objective: str = "f1_macro", tune: bool = True) -> None:
+        """Tune the decision on held-out scores ``proba`` with gold ``Y`` (indicators or class indices).
 
-def best_thresholds(proba: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """Per label, the score threshold that maximises F1 of ``proba`` against indicator matrix ``Y``.
+        Also keeps ``priors_``, the mean held-out score: the label priors the scores assume, which
+        prior-shift correction starts from.
+        """
+        self.priors_ = proba.mean(axis=0)
+        if not tune:
+            return
+        if self.multilabel:
+            self.thresholds_ = best_thresholds(proba, Y)
+        else:
+            self.offsets_ = best_offsets(proba, Y, self.labels, objective)
 
-    Candidates are 0.5 and every score (clipped to [0.05, 0.95]); F1 at all of them comes from
-    sorted counts at once. Among ties the threshold closest to 0.5 wins, so the choice is stable; a
-    label without positives keeps 0.5.
-    """
-    thresholds = []
-    for j in range(Y.shape[1]):
-        positive = Y[:, j].astype(bool)
-        if not positive.any():
-            thresholds.append(0.5)
-            continue
-        candidates = np.unique(np.concatenate([[0.5], np.clip(proba[:, j], 0.05, 0.95)]))
-        pos, neg = np.sort(proba[positive, j]), np.sort(proba[~positive, j])
-        tp = len(pos) - np.searchsorted(pos, candidates, side="left")  # scores >= threshold
-        fp = len(neg) - np.searchsorted(neg, candidates, side="left")
-        fn = len(pos) - tp
-        denominator = 2 * tp + fp + fn
-        f1s = np.divide(2 * tp, denominator, out=np.zeros(len(candidates)), where=denominator > 0)
-        ties = candidates[f1s >= f1s.max() - 1e-12]
-        thresholds.append(float(ties[np.argmin(np.abs(ties - 0.5))]))
-    return np.array(thresholds)
+    def decision_info(self) -> dict[str, dict[str, float]]:
+        """The tuned decision, for run tags and summaries: thresholds (multi-label) or class offsets."""
+        if self.multilabel:
+            return {"thresholds": dict(zip(self.labels, map(float, self.thresholds_), strict=True))}
+        offsets = getattr(self, "offsets_", np.zeros(len(self.labels)))
+        return {"class_offsets": dict(zip(self.labels, map(float, offsets), strict=True))}

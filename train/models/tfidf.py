@@ -84,9 +84,7 @@ class TfidfClassifier(TextClassifier):
     def check_data(self, X: pd.DataFrame, Y: np.ndarray) -> None:
         """``min_df`` cannot exceed the number of training sentences (no term would remain)."""
         if self.params["min_df"] > len(X):
-            raise ValueError(
-                f"model.params.min_df is {self.params['min_df']} but training has only {len(X)} sentences"
-            )
+            raise ValueError(f"model.params.min_df is {self.params['min_df']} but training has only {len(X)} sentences")
 
     def _fit(self, X, Y, X_dev, Y_dev) -> None:
         inputs = pd.DataFrame(self._inputs(X))

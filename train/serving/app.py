@@ -197,6 +197,7 @@ def create_app(
     ``request_timeout`` bounds each request: reading its body, splitting its text and waiting for
     its tags. ``admin_token`` enables ``/v1/admin/reload`` (disabled without one).
     """
+
     def load_warm() -> Tagger:
         tagger = load()
         tagger.warm_up()  # the first request must not pay for lazily built parts

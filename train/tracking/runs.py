@@ -25,10 +25,10 @@ def all_runs(experiment: str, task: str) -> pd.DataFrame:
 
 
 def has_model(runs: pd.DataFrame) -> pd.Series:
-    """Which runs logged a model (config ``tracking.log_model`` was not false)."""
+    """Which runs logged a model: config ``tracking.log_model`` was not false, and not a part of a larger run."""
     if "params.tracking.log_model" not in runs.columns:
-        return pd.Series(True, index=runs.index)
-    return runs["params.tracking.log_model"] != "False"
+        return ~is_part(runs)
+    return (runs["params.tracking.log_model"] != "False") & ~is_part(runs)
 
 
 def finished_runs(experiment: str, task: str) -> pd.DataFrame:
@@ -40,7 +40,7 @@ def finished_runs(experiment: str, task: str) -> pd.DataFrame:
     runs = all_runs(experiment, task)
     if runs.empty:
         return runs
-    runs = runs[(runs["status"] == "FINISHED") & has_model(runs) & ~is_fold(runs)].reset_index(drop=True)
+    runs = runs[(runs["status"] == "FINISHED") & has_model(runs)].reset_index(drop=True)
     return with_validation_metric(runs)
 
 
@@ -62,11 +62,14 @@ def with_validation_metric(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
-def is_fold(runs: pd.DataFrame) -> pd.Series:
-    """Which runs are the nested fold runs of a cross-validation (never candidates themselves)."""
-    if "tags.tagger.cv" not in runs.columns:
-        return pd.Series(False, index=runs.index)
-    return runs["tags.tagger.cv"] == "fold"
+def is_part(runs: pd.DataFrame) -> pd.Series:
+    """Runs that log no model of their own: a cross-validation's fold runs, a sweep's parent and trials."""
+    part = pd.Series(False, index=runs.index)
+    if "tags.tagger.cv" in runs.columns:
+        part |= runs["tags.tagger.cv"] == "fold"
+    if "tags.tagger.sweep" in runs.columns:
+        part |= runs["tags.tagger.sweep"].notna()
+    return part
 
 
 LOWER_IS_BETTER = {"train_seconds", "model_size_mb", "model_parameters"}

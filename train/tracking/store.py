@@ -216,13 +216,14 @@ def process_tags(workdir: str | Path | None = None) -> dict[str, str]:
     return tags
 
 
-def _process_alive(pid: str, started: str | None) -> bool:
+def process_alive(pid: str | None, started: str | None) -> bool:
+    """Whether process ``pid`` of this host still runs (and is the same process: ``started`` is its start time)."""
     import psutil
 
     try:
         process = psutil.Process(int(pid))
         return started is None or abs(process.create_time() - float(started)) < 1.0  # else the pid was reused
-    except (ValueError, psutil.NoSuchProcess):
+    except (TypeError, ValueError, psutil.NoSuchProcess):
         return False
     except psutil.AccessDenied:
         return True
@@ -245,7 +246,7 @@ def mark_stale_runs() -> list[str]:
     killed = []
     for run in running:
         tags = run.data.tags
-        if PID_TAG not in tags or _process_alive(tags[PID_TAG], tags.get(STARTED_TAG)):
+        if PID_TAG not in tags or process_alive(tags[PID_TAG], tags.get(STARTED_TAG)):
             continue
         client.set_tag(run.info.run_id, "tagger.ended_by", f"process {tags[PID_TAG]} died without ending the run")
         client.set_terminated(run.info.run_id, "KILLED")

@@ -2,10 +2,11 @@
 
 Steps: ``prepare`` (the same checks as ``tagger train``), folds that keep groups together and balance
 every label (``data.folds``), one nested run per fold (fit on the other folds, score the held-out
-one), per-label thresholds tuned on the out-of-fold scores of the *other* folds before a fold is
-scored, ``cv/<metric>_mean`` and ``_std`` on the parent, then a final model refitted on all the data
-with thresholds from all out-of-fold scores, scored on the evaluation sets and logged like any run,
-so ``tagger promote`` can pick a CV parent.
+one), per-label thresholds (multi-label) or class offsets (multi-class) tuned on the out-of-fold
+scores of the *other* folds before a fold is scored, ``cv/<metric>_mean`` and ``_std`` on the parent,
+then a final model refitted on all the data with a decision tuned on all out-of-fold scores, scored on
+the evaluation sets and logged like any run, so ``tagger promote`` can pick a CV parent. ``plan_folds``,
+``fit_fold``, ``score_folds`` and ``summarize`` are the same steps a sweep trial runs (``sweep``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -28,7 +30,8 @@ from train.data.loading import LabelledData
 from train.errors import TaggerError
 from train.evaluation.evaluate import score_table
 from train.evaluation.metrics import multiclass_metrics, multilabel_metrics
-from train.models.base import best_thresholds
+from train.models.base import TextClassifier
+from train.models.decision import apply_offsets, best_offsets, best_thresholds
 from train.registry import build_model
 from train.tracking import store
 from train.tracking.packaging import log_classifier
@@ -58,17 +61,78 @@ def fold_assignments(config: Config, data: LabelledData, Y: np.ndarray, folds: i
         raise TaggerError(f"{data.path}: cannot make {folds} folds: {exc}") from None
 
 
-def _decide(proba: np.ndarray, multilabel: bool, thresholds: np.ndarray | None) -> np.ndarray:
-    if multilabel:
-        return (proba >= thresholds).astype(int)
-    return proba.argmax(axis=1)
+@dataclass
+class FoldPlan:
+    """The data of one cross-validation and its folds, checked before any run exists."""
+
+    data: LabelledData
+    Y: np.ndarray  # indicators (multi-label) or class indices (multi-class)
+    assignments: list[np.ndarray]  # one fold id per sentence, per repeat
+    folds: int
+
+    @property
+    def repeats(self) -> int:
+        return len(self.assignments)
+
+    def held_out(self, r: int, k: int) -> np.ndarray:
+        return self.assignments[r] == k
 
 
-def _metrics(Y: np.ndarray, proba: np.ndarray, labels: list[str], multilabel: bool, thresholds) -> dict[str, float]:
-    pred = _decide(proba, multilabel, thresholds)
+def plan_folds(config: Config, data: LabelledData, model: TextClassifier, folds: int, repeats: int) -> FoldPlan:
+    """Make the folds and check that every fold's training part can be fitted (a user error otherwise)."""
+    Y = model.encode(data.labels)
+    onehot = Y if model.multilabel else np.eye(len(config.task.labels), dtype=int)[Y]
+    assignments = fold_assignments(config, data, onehot, folds, repeats)
+    for fold_ids in assignments:
+        for k in range(folds):
+            part = LabelledData(data.path, data.frame[fold_ids != k].reset_index(drop=True), data.sha256)
+            check_trainable(config, part, model)
+    return FoldPlan(data, Y, assignments, folds)
+
+
+def fit_fold(config: Config, plan: FoldPlan, r: int, k: int) -> tuple[np.ndarray, float]:
+    """Fit a fresh model on every fold of repeat ``r`` but ``k``; the held-out fold's scores and fit seconds."""
+    X, y = plan.data.inputs, plan.data.labels
+    held = plan.held_out(r, k)
+    train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
+    model = build_model(config.model.family, config.task.type, config.task.labels, config.model.params, config.seed)
+    start = time.perf_counter()
+    model.fit(X.iloc[train_rows], [y[i] for i in train_rows], X.iloc[held_rows], [y[i] for i in held_rows])
+    seconds = time.perf_counter() - start
+    return model.predict_proba(X.iloc[held_rows]), seconds
+
+
+def held_out_metrics(config: Config, Y: np.ndarray, proba: np.ndarray, tune: np.ndarray, score: np.ndarray) -> dict:
+    """Metrics of rows ``score``, decided with thresholds or class offsets tuned on rows ``tune`` only."""
+    labels, multilabel = config.task.labels, config.task.type == "multilabel"
+    tuned = config.decision.tune and tune.any()
     if multilabel:
-        return multilabel_metrics(Y, pred, labels)
-    return multiclass_metrics(Y, pred, labels)
+        thresholds = best_thresholds(proba[tune], Y[tune]) if tuned else np.full(len(labels), 0.5)
+        return multilabel_metrics(Y[score], (proba[score] >= thresholds).astype(int), labels)
+    offsets = best_offsets(proba[tune], Y[tune], labels, config.decision.objective) if tuned else None
+    return multiclass_metrics(Y[score], apply_offsets(proba[score], offsets), labels)
+
+
+def score_folds(config: Config, plan: FoldPlan, oof: np.ndarray, done: list[tuple[int, int]]) -> list[dict]:
+    """Each finished fold ``(r, k)`` scored with a decision tuned on the other finished folds of its repeat.
+
+    With every fold done this is the CV estimate; part-way (a sweep's running value) it uses the folds so
+    far, and a first fold alone is scored with the untuned decision.
+    """
+    results = []
+    for r, k in done:
+        others = np.isin(plan.assignments[r], [j for rr, j in done if rr == r and j != k])
+        results.append(held_out_metrics(config, plan.Y, oof[r], others, plan.held_out(r, k)))
+    return results
+
+
+def summarize(fold_metrics: list[dict]) -> dict[str, float]:
+    """``cv/<metric>_mean`` and ``cv/<metric>_std`` over folds, for every metric the folds have."""
+    summary = {}
+    for name in fold_metrics[0]:
+        values = np.array([m[name] for m in fold_metrics])
+        summary[f"cv/{name}_mean"], summary[f"cv/{name}_std"] = float(values.mean()), float(values.std())
+    return summary
 
 
 def cross_validate(
@@ -80,16 +144,8 @@ def cross_validate(
     seed_everything(config.seed)
     with step("loading and checking data"):
         prepared = prepare(config)
+        plan = plan_folds(config, prepared.data, prepared.model, folds, repeats)
     data, labels = prepared.data, config.task.labels
-    multilabel = config.task.type == "multilabel"
-    model = prepared.model
-    Y = model.encode(data.labels)  # indicators (multi-label) or class indices (multi-class)
-    onehot = Y if multilabel else np.eye(len(labels), dtype=int)[Y]
-    assignments = fold_assignments(config, data, onehot, folds, repeats)
-    for fold_ids in assignments:  # every training part must be fittable before any run exists
-        for k in range(folds):
-            part = LabelledData(data.path, data.frame[fold_ids != k].reset_index(drop=True), data.sha256)
-            check_trainable(config, part, model)
 
     uri = store.setup(config.tracking.uri, config.experiment_name)
     store.mark_stale_runs()
@@ -106,24 +162,22 @@ def cross_validate(
             dataset = mlflow.data.from_pandas(dataset_frame(data), source=str(data.path), name=data.path.name)
             store.retry_on_conflict(lambda: mlflow.log_input(dataset, context="train"))
             oof = np.zeros((repeats, len(data), len(labels)))
-            children = []
-            for r, fold_ids in enumerate(assignments):
+            done, children = [], []
+            for r in range(repeats):
                 for k in range(folds):
                     with step(f"fold {k + 1}/{folds} (repeat {r + 1}/{repeats})"):
-                        children.append((r, k, _fit_fold(config, X, data.labels, fold_ids, k, r, oof)))
-            fold_metrics = _score_folds(config, Y, onehot, oof, assignments, children)
-            summary = {}
-            for name in fold_metrics[0]:
-                values = np.array([m[name] for m in fold_metrics])
-                summary[f"cv/{name}_mean"], summary[f"cv/{name}_std"] = float(values.mean()), float(values.std())
+                        children.append(_fold_run(config, plan, r, k, oof))
+                    done.append((r, k))
+            fold_metrics = score_folds(config, plan, oof, done)
+            _log_fold_metrics(children, fold_metrics)
+            summary = summarize(fold_metrics)
             mlflow.log_metrics({k: v for k, v in summary.items() if np.isfinite(v)})
             _write_oof(workdir, data, labels, oof.mean(axis=0))
 
             with step(f"final model on all {len(data)} sentences"):
                 final = build_model(config.model.family, config.task.type, labels, config.model.params, config.seed)
                 final.fit(X, data.labels)
-                if multilabel:
-                    final.thresholds_ = best_thresholds(oof.mean(axis=0), Y)
+                final.set_decision(oof.mean(axis=0), plan.Y, config.decision.objective, config.decision.tune)
             seen = {label for value in data.labels for label in (value if isinstance(value, list) else [value])}
             results = evaluate_all(config, final, list(prepared.eval_sets.items()), seen, workdir)
             headline = {k: summary.get(f"cv/{k}_mean") for k in ("f1_macro", "f1_micro", "accuracy", "f_avg")}
@@ -141,15 +195,14 @@ def cross_validate(
                 mlflow.log_artifacts(str(workdir / "reports"), "reports")
             for name in ("config.yaml", "cv_summary.json", "oof_predictions.csv"):
                 mlflow.log_artifact(str(workdir / name))
-            mlflow.set_tag("thresholds", json.dumps(dict(zip(labels, map(float, final.thresholds_), strict=True))))
+            mlflow.set_tags({name: json.dumps(values) for name, values in final.decision_info().items()})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return parent.info.run_id
 
 
-def _fit_fold(config: Config, X: pd.DataFrame, y: list, fold_ids: np.ndarray, k: int, r: int, oof) -> str:
-    """Fit on every fold but ``k`` in a nested run; keep the held-out fold's scores in ``oof``."""
-    train_rows, held_out = np.flatnonzero(fold_ids != k), np.flatnonzero(fold_ids == k)
+def _fold_run(config: Config, plan: FoldPlan, r: int, k: int, oof: np.ndarray) -> str:
+    """``fit_fold`` in a nested run; the held-out fold's scores go into ``oof``."""
     tags = {
         CV_ROLE_TAG: "fold",
         "tagger.cv_fold": f"{r}.{k}",
@@ -157,31 +210,21 @@ def _fit_fold(config: Config, X: pd.DataFrame, y: list, fold_ids: np.ndarray, k:
         "model_family": config.model.family,
     }
     with mlflow.start_run(run_name=f"fold {r}.{k}", nested=True, tags=tags) as child:
-        model = build_model(config.model.family, config.task.type, config.task.labels, config.model.params, config.seed)
-        start = time.perf_counter()
-        y_train = [y[i] for i in train_rows]
-        y_held = [y[i] for i in held_out]
-        model.fit(X.iloc[train_rows], y_train, X.iloc[held_out], y_held)
-        seconds = time.perf_counter() - start
-        mlflow.log_metrics({"train_seconds": seconds, "train_size": len(train_rows), "validation_size": len(held_out)})
-        oof[r, held_out] = model.predict_proba(X.iloc[held_out])
+        held = plan.held_out(r, k)
+        oof[r, held], seconds = fit_fold(config, plan, r, k)
+        mlflow.log_metrics(
+            {"train_seconds": seconds, "train_size": int((~held).sum()), "validation_size": int(held.sum())}
+        )
     return child.info.run_id
 
 
-def _score_folds(config: Config, Y, onehot, oof, assignments, children) -> list[dict[str, float]]:
-    """Score each fold with thresholds tuned on the out-of-fold scores of the other folds; log to its run."""
-    multilabel = config.task.type == "multilabel"
+def _log_fold_metrics(children: list[str], fold_metrics: list[dict]) -> None:
+    """Each fold's held-out metrics, as ``validation/<metric>`` on its nested run."""
     client = mlflow.MlflowClient()
-    results = []
-    for r, k, run_id in children:
-        held_out = assignments[r] == k
-        thresholds = best_thresholds(oof[r, ~held_out], onehot[~held_out]) if multilabel else None
-        metrics = _metrics(Y[held_out], oof[r, held_out], config.task.labels, multilabel, thresholds)
+    for run_id, metrics in zip(children, fold_metrics, strict=True):
         stamp = int(time.time() * 1000)
         values = [Metric(f"validation/{name}", float(v), stamp, 0) for name, v in metrics.items() if np.isfinite(v)]
         client.log_batch(run_id, metrics=values)
-        results.append(metrics)
-    return results
 
 
 def _write_oof(workdir: Path, data: LabelledData, labels: list[str], proba: np.ndarray) -> None:

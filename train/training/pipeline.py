@@ -169,7 +169,12 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
             with step(f"training {config.model.family}"):
                 start = time.perf_counter()
                 model.fit(train_part.inputs, train_part.labels, dev_part.inputs, dev_part.labels)
-                model.tune_thresholds(dev_part.inputs, dev_part.labels)
+                model.set_decision(
+                    model.predict_proba(dev_part.inputs),
+                    model.encode(dev_part.labels),
+                    config.decision.objective,
+                    config.decision.tune,
+                )
                 mlflow.log_metric("train_seconds", time.perf_counter() - start)
                 mlflow.log_metrics(model.model_info())
             with step("evaluating"):
@@ -187,9 +192,7 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
             mlflow.log_artifacts(str(workdir / "reports"), "reports")
             for name in ("summary.json", "config.yaml", "environment.json"):
                 mlflow.log_artifact(str(workdir / name))
-            mlflow.set_tag(
-                "thresholds", json.dumps(dict(zip(model.labels, map(float, model.thresholds_), strict=True)))
-            )
+            mlflow.set_tags({name: json.dumps(values) for name, values in model.decision_info().items()})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return run.info.run_id
@@ -264,7 +267,7 @@ def write_run_files(
         "train_size": len(prepared.train_part),
         "dev_size": len(prepared.dev_part),
         "leakage": prepared.leak_counts,
-        "thresholds": dict(zip(model.labels, map(float, model.thresholds_), strict=True)),
+        **model.decision_info(),
         "metrics": {r.name: r.metrics for r in results},
         "warnings": [w for r in results for w in r.warnings],
     }

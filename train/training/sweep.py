@@ -1,0 +1,516 @@
+"""``tagger sweep``: an Optuna study over a config's search space, every trial a cross-validation.
+
+Steps: check the config, the space and the objective, and load and fold the data (every user error
+surfaces here, before a study or run exists); open or resume the study in Optuna's RDB storage
+(SQLite beside ``mlflow.db`` by default, any RDB URL such as PostgreSQL for several machines); open
+the sweep's parent MLflow run; run ``jobs`` worker processes; then log the best value, the best
+params, ``trials.csv`` and Optuna's plots on the parent and write ``best.yaml``.
+
+A trial is exactly the cross-validation ``tagger cv`` runs (same folds, decisions tuned on the other
+folds), so ``tagger cv best.yaml`` reproduces the best value. After each fold it reports its running
+value, and the median pruner stops trials that fall behind. Trials never load the evaluation sets.
+
+Studies are shared: ``--trials N`` is the size of the study, and every worker (of this command or
+another ``tagger sweep`` on the same study and storage, on any machine) runs trials until N count
+(complete, pruned or running). A trial numbered after N counting ones gives its slot up (it is marked
+FAIL with the user attr ``tagger.surplus``), so no two workers fill the same slot; the trials of a
+worker that died are failed (at once on this host, after the heartbeat grace period elsewhere) and
+their slots run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from train.config import PROJECT_ROOT, apply_overrides, dump_config, load_config
+from train.errors import TaggerError
+from train.registry import build_model
+from train.tracking import store
+from train.training.cv import FoldPlan, fit_fold, plan_folds, score_folds, summarize
+from train.training.pipeline import check_trainable, prepare, run_tags, seed_everything, step
+from train.training.space import Space, check_space, load_space, resolve_objective, trial_overrides
+
+log = logging.getLogger("tagger")
+
+SWEEP_ROLE_TAG = "tagger.sweep"  # "parent" on the sweep's run, "trial" on each nested trial run
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 60
+MAX_FAILURES_IN_A_ROW = 3  # a worker stops when its trials keep failing (a broken setting, not bad luck)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What every worker needs; plain values, so it crosses to spawned processes."""
+
+    config_path: str
+    overrides: tuple[str, ...]
+    space_path: str
+    trials: int
+    storage: str
+    study: str
+    objective: str
+    direction: str
+    folds: int
+    repeats: int
+    tracking_uri: str
+    parent_run_id: str
+
+
+@dataclass
+class SweepResult:
+    parent_run_id: str
+    study: str
+    storage: str
+    counts: dict[str, int]
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_trial: int | None = None
+    best_config: Path | None = None
+
+    def describe(self) -> str:
+        lines = [
+            f"study '{self.study}' in {store.redact(self.storage)}: "
+            + ", ".join(f"{n} {state}" for state, n in self.counts.items() if n),
+            f"sweep run: {self.parent_run_id}",
+        ]
+        if self.best_trial is not None:
+            params = ", ".join(f"{k}={json.dumps(v)}" for k, v in self.best_params.items())
+            lines.append(f"best: trial {self.best_trial}, {self.best_value:.4f} ({params})")
+            lines.append(f"best config: {self.best_config}  (tagger train {self.best_config})")
+        return "\n".join(lines)
+
+
+def default_storage() -> str:
+    """Optuna's storage beside the embedded MLflow store: ``optuna.db`` in the project folder."""
+    return f"sqlite:///{store.home() / 'optuna.db'}"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage with heartbeats; a SQLite schema is created once, under a file lock."""
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
+    try:
+        with _storage_lock(url):
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
+            )
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many types for a bad URL
+        raise TaggerError(
+            f"optuna storage {store.redact(url)} cannot be opened ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _storage_lock(url: str):
+    """A file lock beside a SQLite storage (schema creation, the parent run); nothing for a database server."""
+    from contextlib import nullcontext
+
+    from filelock import FileLock
+
+    path = store.sqlite_path(url)
+    if path is None:
+        return nullcontext()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{path}.lock", timeout=300)
+
+
+def sweep(
+    config_path: str,
+    space_path: str,
+    trials: int,
+    jobs: int = 1,
+    storage: str | None = None,
+    study_name: str | None = None,
+    objective: str | None = None,
+    out: str | Path | None = None,
+    overrides: tuple[str, ...] = (),
+) -> SweepResult:
+    """Run (or resume) a sweep until the study has ``trials`` trials; return its best."""
+    config = load_config(config_path, list(overrides))
+    space = load_space(space_path)
+    check_space(space, config_path, list(overrides), space_path)
+    objective, direction = resolve_objective(config, space, objective)
+    study_name = study_name or f"{config.task.name}-{Path(config_path).stem}"
+    seed_everything(config.seed)
+    with step("loading and checking data"):
+        prepared = prepare(config)
+        plan_folds(config, prepared.data, prepared.model, config.split.folds, config.split.repeats)
+
+    storage_url = storage or default_storage()
+    study = _open_study(storage_url, study_name, space, objective, direction, config.task.name)
+    tracking_uri = store.setup(config.tracking.uri, config.experiment_name)
+    store.mark_stale_runs()
+    with _storage_lock(storage_url):  # two sweeps starting one study at once share one parent run
+        parent_run_id = _parent_run(study, config, config_path, prepared, space_path, objective, direction)
+    spec = SweepSpec(
+        str(Path(config_path).resolve()),
+        tuple(overrides),
+        str(Path(space_path).resolve()),
+        trials,
+        storage_url,
+        study_name,
+        objective,
+        direction,
+        config.split.folds,
+        config.split.repeats,
+        tracking_uri,
+        parent_run_id,
+    )
+    log.info(
+        "sweep '%s': %d trials of %d-fold CV, %s %s, %d worker(s); storage %s; MLflow run %s",
+        study_name,
+        trials,
+        spec.folds,
+        direction,
+        objective,
+        jobs,
+        store.redact(storage_url),
+        parent_run_id,
+    )
+    _run_workers(spec, jobs)
+    return finish(spec, space, out)
+
+
+def _open_study(url: str, name: str, space: Space, objective: str, direction: str, task: str) -> optuna.Study:
+    """Create the study, or resume it when its space, objective and task are the same (else an error)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
+    attrs = {"tagger.space": space.fingerprint(), "tagger.objective": objective, "tagger.task": task}
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+        return study
+    for key, value in attrs.items():
+        if study.user_attrs.get(key) not in (None, value):
+            what = key.removeprefix("tagger.")
+            raise TaggerError(
+                f"study '{name}' in {store.redact(url)} was run with another {what}; "
+                "give a new --study name (or the same space, objective and task to resume it)"
+            )
+    if study.direction.name.lower() != direction:
+        raise TaggerError(f"study '{name}' {study.direction.name.lower()}s; this sweep would {direction}")
+    return study
+
+
+def _parent_run(study: optuna.Study, config, config_path, prepared, space_path, objective, direction) -> str:
+    """The study's parent MLflow run: reused when the study is resumed, else created (with config and space)."""
+    client = mlflow.MlflowClient()
+    run_id = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs.get("mlflow_run_id")
+    workdir = Path(tempfile.mkdtemp(prefix="tagger-run-"))
+    if run_id:
+        try:
+            client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            run_id = None  # the study outlived its runs (another tracking store): start a new parent
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        for key, value in store.process_tags(workdir).items():
+            client.set_tag(run_id, key, value)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return run_id
+    experiment = mlflow.get_experiment_by_name(config.experiment_name)
+    tags = {
+        **run_tags(config, config_path, prepared, workdir),
+        SWEEP_ROLE_TAG: "parent",
+        "optuna.study": study.study_name,
+        "mlflow.runName": f"sweep {study.study_name}",
+    }
+    run = client.create_run(experiment.experiment_id, tags=tags)
+    run_id = run.info.run_id
+    params = store.flatten(config.model_dump(mode="json", exclude={"extends"}))
+    params.update({"sweep.objective": objective, "sweep.direction": direction, "sweep.space": str(space_path)})
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+    try:
+        (workdir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+        shutil.copyfile(space_path, workdir / "space.yaml")
+        client.log_artifact(run_id, str(workdir / "config.yaml"))
+        client.log_artifact(run_id, str(workdir / "space.yaml"))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    study.set_user_attr("mlflow_run_id", run_id)
+    return run_id
+
+
+# --- workers ----------------------------------------------------------------------------------------
+
+
+def _run_workers(spec: SweepSpec, jobs: int) -> None:
+    """One worker in this process, or ``jobs`` spawned worker processes (they exit if this process dies)."""
+    if jobs == 1:
+        run_worker(spec, 0)
+        return
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_spawned_worker, args=(spec, i, os.getpid())) for i in range(jobs)]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+    failed = [i for i, w in enumerate(workers) if w.exitcode not in (0, None)]
+    if failed:
+        log.warning("worker(s) %s exited with an error; finished trials are kept", ", ".join(map(str, failed)))
+
+
+def _spawned_worker(spec: SweepSpec, index: int, parent_pid: int) -> None:
+    from train.cli import quiet_libraries
+
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)-7s [worker {index}] %(message)s", datefmt="%H:%M:%S"
+    )
+    quiet_libraries()
+
+    def watch() -> None:  # a worker whose sweep process was killed must not run on alone
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    run_worker(spec, index)
+
+
+def fail_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials of this host whose process is gone (other hosts': by heartbeat, later)."""
+    import socket
+
+    failed = []
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get(store.HOST_TAG) != host or store.process_alive(
+            attrs.get(store.PID_TAG), attrs.get(store.STARTED_TAG)
+        ):
+            continue
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        failed.append(trial.number)
+        log.warning(
+            "trial %d was left RUNNING by process %s, which is gone: failed", trial.number, attrs[store.PID_TAG]
+        )
+    return failed
+
+
+def run_worker(spec: SweepSpec, index: int) -> None:
+    """Run trials of the study until it holds ``spec.trials`` counting trials."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = load_config(spec.config_path, list(spec.overrides))
+    store.setup(spec.tracking_uri, config.experiment_name)
+    storage = open_storage(spec.storage)
+    study = optuna.load_study(study_name=spec.study, storage=storage)
+    fail_dead_trials(study)
+    sampler = optuna.samplers.TPESampler(seed=config.seed + index + len(study.trials), constant_liar=True)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    study = optuna.load_study(study_name=spec.study, storage=storage, sampler=sampler, pruner=pruner)
+    objective = TrialObjective(spec, load_space(spec.space_path))
+    failures = 0
+    while len(study.get_trials(deepcopy=False, states=COUNTED)) < spec.trials:
+        objective.surplus = objective.failed = False
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+        if objective.surplus:
+            break
+        failures = failures + 1 if objective.failed else 0
+        if failures >= MAX_FAILURES_IN_A_ROW:
+            log.error("%d trials in a row failed; this worker stops (see the errors above)", failures)
+            break
+
+
+class Surplus(Exception):
+    """The study already has its trials: this trial gives its slot up."""
+
+
+class TrialObjective:
+    """One trial: the config with the trial's values, cross-validated in a nested MLflow run."""
+
+    def __init__(self, spec: SweepSpec, space: Space):
+        self.spec = spec
+        self.space = space
+        self.plans: dict[str, FoldPlan] = {}  # folds per data config, made once per worker
+        self.surplus = self.failed = False
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        spec = self.spec
+        ahead = [t for t in trial.study.get_trials(deepcopy=False, states=COUNTED) if t.number < trial.number]
+        if len(ahead) >= spec.trials:
+            self.surplus = True
+            trial.set_user_attr("tagger.surplus", True)
+            raise Surplus(f"trial {trial.number}: the study already has {spec.trials} trials")
+        for key, value in store.process_tags().items():
+            trial.set_user_attr(key, value)
+        values = self.space.suggest(trial)
+        try:
+            return self._cross_validate(trial, values)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            self.failed = True
+            log.warning("trial %d failed (%s): %s", trial.number, json.dumps(values), exc)
+            raise
+
+    def _plan(self, config) -> FoldPlan:
+        """The data and folds of ``config`` (loaded and made once per worker), checked against its model."""
+        key = json.dumps([config.data, config.task, config.split], default=lambda m: m.model_dump(mode="json"))
+        if key not in self.plans:
+            prepared = prepare(config)
+            self.plans[key] = plan_folds(
+                config, prepared.data, prepared.model, config.split.folds, config.split.repeats
+            )
+        plan = self.plans[key]
+        model = build_model(config.model.family, config.task.type, config.task.labels, config.model.params, config.seed)
+        check_trainable(config, plan.data, model)  # this trial's params against the data
+        return plan
+
+    def _cross_validate(self, trial: optuna.Trial, values: dict[str, Any]) -> float:
+        spec = self.spec
+        config = load_config(spec.config_path, [*spec.overrides, *trial_overrides(values), "evaluation.sets=[]"])
+        plan = self._plan(config)
+        tags = {
+            "mlflow.parentRunId": spec.parent_run_id,
+            SWEEP_ROLE_TAG: "trial",
+            "optuna.study": spec.study,
+            "optuna.trial": str(trial.number),
+            "task": config.task.name,
+            "model_family": config.model.family,
+            **store.process_tags(),
+        }
+        folds = [(r, k) for r in range(plan.repeats) for k in range(plan.folds)]
+        oof = np.zeros((plan.repeats, len(plan.data), len(config.task.labels)))
+        pruned = False
+        with mlflow.start_run(run_name=f"trial {trial.number}", tags=tags):
+            mlflow.log_params(store.flatten(config.model_dump(mode="json", exclude={"extends"})))
+            for index, (r, k) in enumerate(folds):
+                oof[r, plan.held_out(r, k)], _ = fit_fold(config, plan, r, k)
+                running = summarize(score_folds(config, plan, oof, folds[: index + 1]))[spec.objective]
+                mlflow.log_metric(f"running/{spec.objective.removeprefix('cv/')}", running, step=index)
+                trial.report(running, index)
+                if index < len(folds) - 1 and trial.should_prune():
+                    pruned = True
+                    break
+            mlflow.set_tag("optuna.state", "PRUNED" if pruned else "COMPLETE")
+            if not pruned:
+                summary = summarize(score_folds(config, plan, oof, folds))
+                mlflow.log_metrics({k: v for k, v in summary.items() if np.isfinite(v)})
+        if pruned:
+            log.info("trial %d pruned after fold %d: %.4f (%s)", trial.number, index + 1, running, json.dumps(values))
+            raise optuna.TrialPruned()
+        value = summary[spec.objective]
+        log.info("trial %d: %s %.4f (%s)", trial.number, spec.objective, value, json.dumps(values))
+        return value
+
+
+# --- the end of a sweep -----------------------------------------------------------------------------
+
+
+def finish(spec: SweepSpec, space: Space, out: str | Path | None = None) -> SweepResult:
+    """Log the study's state on the parent run (best value and params, counts, trials.csv, plots); write best.yaml."""
+    study = optuna.load_study(study_name=spec.study, storage=open_storage(spec.storage))
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    result = SweepResult(spec.parent_run_id, spec.study, spec.storage, counts)
+    client = mlflow.MlflowClient()
+    run_id = spec.parent_run_id
+    metrics = {f"trials_{state}": float(n) for state, n in counts.items()}
+    workdir = Path(tempfile.mkdtemp(prefix="tagger-run-"))
+    try:
+        if counts["complete"]:
+            best = study.best_trial
+            result.best_trial, result.best_value = best.number, float(best.value)
+            result.best_params = {key: json.loads(_as_json(best.params[key], space, key)) for key in space.params}
+            metrics["best_value"] = result.best_value
+            client.set_tag(run_id, "best.trial", str(best.number))
+            for key, value in result.best_params.items():
+                client.set_tag(run_id, f"best.{key}", json.dumps(value))
+            folder = Path(out) if out else store.home() / "sweeps" / spec.study
+            result.best_config = write_best_config(spec, result, folder)
+            shutil.copyfile(result.best_config, workdir / "best.yaml")
+            client.log_artifact(run_id, str(workdir / "best.yaml"))
+            _plots(study, workdir / "plots")
+            if (workdir / "plots").exists():
+                client.log_artifacts(run_id, str(workdir / "plots"), "plots")
+        study.trials_dataframe().to_csv(workdir / "trials.csv", index=False)
+        client.log_artifact(run_id, str(workdir / "trials.csv"))
+        client.log_batch(
+            run_id,
+            metrics=[
+                mlflow.entities.Metric(k, v, int(time.time() * 1000), counts["complete"]) for k, v in metrics.items()
+            ],
+        )
+        client.set_tag(run_id, "mlflow.note.content", "```\n" + result.describe() + "\n```")
+        client.set_terminated(run_id, "FINISHED")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def _as_json(value: Any, space: Space, key: str) -> str:
+    """A trial's stored value as JSON (categorical choices are stored as their JSON text)."""
+    from train.training.space import Categorical
+
+    return value if isinstance(space.params[key], Categorical) else json.dumps(value)
+
+
+def write_best_config(spec: SweepSpec, result: SweepResult, folder: Path) -> Path:
+    """``best.yaml``: ``extends:`` the swept config, plus the ``--set`` values and the best values."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = Path(spec.config_path)
+    inside = config_path.is_relative_to(PROJECT_ROOT) and folder.resolve().is_relative_to(PROJECT_ROOT)
+    parent = os.path.relpath(config_path, folder.resolve()) if inside else str(config_path)
+    values = apply_overrides({}, [*spec.overrides, *trial_overrides(result.best_params)])
+    header = (
+        f"# Best of sweep '{spec.study}' (trial {result.best_trial}: {spec.objective} {result.best_value:.4f}),\n"
+        f"# written by tagger sweep; MLflow run {spec.parent_run_id}. Reproduce with: tagger cv <this file>\n"
+    )
+    path = folder / "best.yaml"
+    text = header + yaml.safe_dump({"extends": parent, **values}, sort_keys=False, allow_unicode=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)  # a reader never sees half a file
+    return path
+
+
+def _plots(study: optuna.Study, folder: Path) -> None:
+    """Optuna's matplotlib plots (history, importances, parallel coordinates) as PNGs; skipped where too few trials."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, plot in (
+            ("optimization_history", plots.plot_optimization_history),
+            ("param_importances", plots.plot_param_importances),
+            ("parallel_coordinate", plots.plot_parallel_coordinate),
+        ):
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError) as exc:
+                log.info("plot %s skipped: %s", name, exc)
+                continue
+            figure = np.atleast_1d(axes).ravel()[0].figure
+            figure.set_size_inches(9, 5)
+            figure.tight_layout()
+            figure.savefig(folder / f"{name}.png", dpi=100)
+            plt.close(figure)
