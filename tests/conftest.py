@@ -142,3 +142,13 @@ def server(registry, tmp_path_factory):
     log_file.close()
 
 
+def run_main(monkeypatch, capsys, *args: str, store: str) -> tuple[int, list[str]]:
+    """Run the ``tagger`` entry point in-process on ``store``; its exit status and its stderr lines."""
+    from train.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setattr(sys, "argv", ["tagger", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()

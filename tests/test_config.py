@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_shipped_configs_validate():
     for path in sorted((ROOT / "configs").glob("*/*.yaml")):
-        if path.name == "base.yaml":
+        if path.name == "base.yaml" or path.parent.name == "spaces":  # spaces are checked in test_sweep
             continue
         config = load_config(path)
         assert config.task.name in {"topic", "stance"}

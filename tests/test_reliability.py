@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-from conftest import ADMIN, SEEDS_FILE, free_port, read_jsonl, write_jsonl
+from conftest import ADMIN, SEEDS_FILE, free_port, read_jsonl, run_main, write_jsonl
 
 from train.data.sentences import MAX_SENTENCE_CHARS, split_text
 from train.errors import DeadlineExceeded, TaggerError
@@ -37,18 +37,6 @@ def tagger_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subpr
         timeout=timeout,
         cwd=ROOT,
     )
-
-
-def run_main(monkeypatch, capsys, *args: str, store: str) -> tuple[int, list[str]]:
-    """Run the ``tagger`` entry point in-process on ``store``; its exit status and its stderr lines."""
-    from train.cli import main
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    monkeypatch.setattr(sys, "argv", ["tagger", *args])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
 
 
 # --- sentence splitting ----------------------------------------------------------------------------------

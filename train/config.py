@@ -150,13 +150,13 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _check_decision(self) -> Config:
+        if self.decision.objective != "f1_macro" and self.task.type == "multilabel":
+            raise ValueError("decision.objective applies to multi-class tasks; multi-label thresholds maximise F1")
         if self.decision.objective == "f_avg" and not {"favor", "against"} <= set(self.task.labels):
             raise ValueError(
                 "decision.objective f_avg (mean F1 of favor and against) needs the labels 'favor' and 'against' "
                 f"in task.labels (got {', '.join(self.task.labels)})"
             )
-        if self.decision.objective != "f1_macro" and self.task.type == "multilabel":
-            raise ValueError("decision.objective applies to multi-class tasks; multi-label thresholds maximise F1")
         return self
 
     @property

@@ -23,6 +23,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline
 
+from train.models.target_cross import TargetCrossedWords
+
 WORD_CACHE_SIZE = 50_000  # words per char_wb block; the cache starts over when full
 
 
@@ -112,6 +114,9 @@ class TfidfBlock:
             out.extend(ids)
         return out
 
+    def transform_columns(self, columns: Mapping[str, Sequence[str]]) -> sp.csr_matrix:
+        return self.transform(columns[self.column])
+
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         """The TF-IDF rows of ``texts``, as ``TfidfVectorizer.transform`` computes them."""
         indices: list[int] = []
@@ -136,10 +141,21 @@ class TfidfBlock:
         return X
 
 
+@dataclass
+class CrossedBlock:
+    """A fitted ``TargetCrossedWords``: its word block, then each row moved into its target's block."""
+
+    words: TfidfBlock
+    crossing: TargetCrossedWords
+
+    def transform_columns(self, columns: Mapping[str, Sequence[str]]) -> sp.csr_matrix:
+        return self.crossing.cross(self.words.transform(columns["text"]), [str(t) for t in columns["target"]])
+
+
 class CompiledFeatures:
     """The fitted ``ColumnTransformer`` of TF-IDF blocks, as a function of plain columns of strings."""
 
-    def __init__(self, blocks: list[TfidfBlock]):
+    def __init__(self, blocks: list[TfidfBlock | CrossedBlock]):
         self.blocks = blocks
 
     @classmethod
@@ -147,6 +163,12 @@ class CompiledFeatures:
         blocks = []
         for name, vectorizer, column in features.transformers_:
             if name == "remainder" and vectorizer == "drop":
+                continue
+            if isinstance(vectorizer, TargetCrossedWords) and list(column) == ["text", "target"]:
+                words = TfidfBlock.from_vectorizer("text", vectorizer.vectorizer_)
+                if words is None:
+                    return None
+                blocks.append(CrossedBlock(words, vectorizer))
                 continue
             if not isinstance(vectorizer, TfidfVectorizer) or not isinstance(column, str):
                 return None
@@ -157,7 +179,7 @@ class CompiledFeatures:
         return cls(blocks)
 
     def transform(self, columns: Mapping[str, Sequence[str]]) -> sp.csr_matrix:
-        return sp.hstack([block.transform(columns[block.column]) for block in self.blocks], format="csr")
+        return sp.hstack([block.transform_columns(columns) for block in self.blocks], format="csr")
 
 
 @dataclass

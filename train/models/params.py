@@ -26,6 +26,9 @@ class TfidfParams(BaseModel):
     lowercase: bool = True
     use_target: bool = True
     mask_target_actors: bool = False
+    cross_target: bool = False  # word n-grams also per target (stance): target-specific weights beside shared
+    cross_target_min_sentences: int = Field(30, ge=1)  # rarer targets use the shared weights only
+    cross_target_min_df: int = Field(2, ge=1)  # n-grams in fewer training sentences get no target copies
     C: float = Field(4.0, gt=0)
     class_weight: Literal["balanced"] | None = "balanced"
 

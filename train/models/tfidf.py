@@ -1,9 +1,10 @@
 """TF-IDF families: word and character n-grams with logistic regression or a linear SVM.
 
 Multi-label tasks use one-vs-rest binary classifiers; thresholds are tuned per label on dev by
-the pipeline. For stance the target is part of the input: its own TF-IDF block, and (optionally)
-the target's actors masked in the text so the model learns how a pair is talked about, not which
-pair it is.
+the pipeline. For stance the target is part of the input: its own TF-IDF block, optionally the word
+n-grams crossed with the target (``cross_target``: target-specific weights beside shared ones), and
+optionally the target's actors masked in the text so the model learns how a pair is talked about,
+not which pair it is.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
+from sklearn.utils.class_weight import compute_sample_weight
 
 from train.models.base import TextClassifier, mask_actors
 from train.models.linear_scoring import CompiledPipeline
 from train.models.params import TfidfParams, TfidfSvmParams
+from train.models.target_cross import TargetCrossedWords
 from train.registry import model_families
 
 
@@ -76,10 +79,23 @@ class TfidfClassifier(TextClassifier):
             )
         if use_target:
             blocks.append(("target", TfidfVectorizer(lowercase=True), "target"))
+        if use_target and p["cross_target"]:
+            crossing = TargetCrossedWords(
+                ngram_range=tuple(p["word_ngram_range"]),
+                min_df=p["cross_target_min_df"],
+                sublinear_tf=p["sublinear_tf"],
+                lowercase=p["lowercase"],
+                min_sentences=p["cross_target_min_sentences"],
+            )
+            blocks.append(("cross", crossing, ["text", "target"]))
         return ColumnTransformer(blocks)
 
     def _classifier(self):
         raise NotImplementedError
+
+    def _fit_params(self, Y: np.ndarray) -> dict:
+        """Extra arguments of the pipeline's ``fit`` (e.g. sample weights for the classifier)."""
+        return {}
 
     def check_data(self, X: pd.DataFrame, Y: np.ndarray) -> None:
         """``min_df`` cannot exceed the number of training sentences (no term would remain)."""
@@ -96,7 +112,7 @@ class TfidfClassifier(TextClassifier):
         if self.multilabel:
             classifier = OneVsRestClassifier(classifier)
         self.pipeline_ = Pipeline([("features", self._features(self.use_target_)), ("classifier", classifier)])
-        self.pipeline_.fit(inputs, Y)
+        self.pipeline_.fit(inputs, Y, **self._fit_params(Y))
         self.__dict__.pop("compiled_", None)
 
     @cached_property
@@ -145,6 +161,20 @@ class TfidfSvm(TfidfClassifier):
                     "training sentences on one side; lower calibration_folds or add data"
                 )
 
+    def _balanced_by_weights(self) -> bool:
+        """Multi-class with ``class_weight: balanced``: balance by sample weights, which calibration honours too.
+
+        A class weight inside the SVM alone is lost in calibration: the sigmoid (or isotonic) map is
+        fitted on unweighted folds and re-learns the skewed priors, so a rare class collapses.
+        """
+        return not self.multilabel and self.params["class_weight"] == "balanced"
+
     def _classifier(self):
-        svm = LinearSVC(C=self.params["C"], class_weight=self.params["class_weight"], random_state=self.seed)
+        class_weight = None if self._balanced_by_weights() else self.params["class_weight"]
+        svm = LinearSVC(C=self.params["C"], class_weight=class_weight, random_state=self.seed)
         return CalibratedClassifierCV(svm, method=self.params["calibration"], cv=self.params["calibration_folds"])
+
+    def _fit_params(self, Y: np.ndarray) -> dict:
+        if not self._balanced_by_weights():
+            return {}
+        return {"classifier__sample_weight": compute_sample_weight("balanced", Y)}
