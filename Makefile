@@ -54,6 +54,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py --output bench/results.json
+	$(PY) bench/selection.py --output bench/selection.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/serving.py --output bench/serving.json
 
 # concurrent trainings, kill -9, 74 bad inputs and a 5-minute soak with reloads: about 13 minutes

@@ -177,7 +177,8 @@ def test_a_killed_sweep_is_resumed_and_its_dead_trial_rerun(tmp_path, sweep_env)
         time.sleep(0.2)
         if (tmp_path / "optuna.db").exists():
             try:
-                running = [t for t in load_study(tmp_path, "killed").trials if t.state.name == "RUNNING"]
+                trials = load_study(tmp_path, "killed").trials
+                running = [t for t in trials if t.state.name == "RUNNING" and "tagger.pid" in t.user_attrs]
             except KeyError:
                 continue
     assert running, "no trial started"
