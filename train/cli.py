@@ -113,7 +113,12 @@ def sweep(config_path, space_path, trials, jobs, storage, study_name, objective,
 @click.option("--input", "source", required=True, help="JSON Lines file (or '-' for stdin) of sentences.")
 @click.option("--target", default=None, help='Stance target for lines without one (default "closer Iran–Iraq ties").')
 @click.option("--backend", default=None, type=click.Choice(BACKEND_CHOICES), help=BACKEND_HELP)
-def predict(model: str, source: str, target: str | None, backend: str | None) -> None:
+@click.option(
+    "--adjust-priors",
+    is_flag=True,
+    help="Re-estimate the label priors on these sentences (EM) and adjust the scores; priors go to stderr.",
+)
+def predict(model: str, source: str, target: str | None, backend: str | None, adjust_priors: bool) -> None:
     """Tag sentences with MODEL (run id, models:/ or runs:/ URI, or model folder, incl. the combined
     topic + stance model); JSON Lines out."""
     from train.domain import DEFAULT_TARGET
@@ -122,7 +127,11 @@ def predict(model: str, source: str, target: str | None, backend: str | None) ->
 
     if target is not None and not target.strip():
         raise TaggerError("--target is empty")
-    for row in predict_records(model, read_sentences(source), target or DEFAULT_TARGET, backend):
+    rows, priors = predict_records(model, read_sentences(source), target or DEFAULT_TARGET, backend, adjust_priors)
+    for task_type, report in priors.items():
+        shifts = ", ".join(f"{label} {tuned:.3f} -> {batch:.3f}" for label, (tuned, batch) in report.items())
+        log.info("label priors of the %s model (tuned -> this batch of %d): %s", task_type, len(rows), shifts)
+    for row in rows:
         click.echo(json.dumps(row, ensure_ascii=False))
 
 

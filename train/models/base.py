@@ -156,6 +156,17 @@ class TextClassifier:
         else:
             self.offsets_ = best_offsets(proba, Y, self.labels, objective)
 
+    def adjust_priors(self, proba: np.ndarray) -> tuple[dict[str, tuple[float, float]], np.ndarray]:
+        """Scores adjusted to the label priors of this batch (EM, ``prior_shift``); {label: (tuned, batch)}."""
+        from train.models.prior_shift import adjust_priors
+
+        train_priors = getattr(self, "priors_", None)
+        if train_priors is None:
+            raise ValueError("the model stores no label priors (it was trained before prior correction existed)")
+        batch, adjusted = adjust_priors(proba, train_priors, self.multilabel)
+        report = {label: (float(t), float(b)) for label, t, b in zip(self.labels, train_priors, batch, strict=True)}
+        return report, adjusted
+
     def decision_info(self) -> dict[str, dict[str, float]]:
         """The tuned decision, for run tags and summaries: thresholds (multi-label) or class offsets."""
         if self.multilabel:

@@ -193,26 +193,45 @@ def bundle_model_arguments(folders: dict[str, str]) -> dict:
     }
 
 
-def predict_records(reference: str, rows: list[dict], target: str, backend: str | None = None) -> list[dict]:
+def predict_records(
+    reference: str, rows: list[dict], target: str, backend: str | None = None, adjust_priors: bool = False
+) -> tuple[list[dict], dict[str, dict[str, tuple[float, float]]]]:
     """Tag sentence dicts (``text``, optional ``target``) with a one-task model or the combined model.
 
     Rows without a target get ``target``. Returns each row with the model's output added
-    (``labels``/``label`` and ``scores``, or ``topics``/``topic_scores``/``stance``/``stance_scores``).
+    (``labels``/``label`` and ``scores``, or ``topics``/``topic_scores``/``stance``/``stance_scores``),
+    and, with ``adjust_priors``, each task's label priors {label: (tuned, this batch)}: the scores are
+    then adjusted to the priors EM estimates on these rows (``train.models.prior_shift``).
     """
     from train.outputs import classifier_records, tag_records
 
     wrapper = load_wrapper(reference)
     with_target = [{**row, "target": row.get("target") or target} for row in rows]
     frame = model_inputs(pd.DataFrame(with_target), target)
+    priors = {}
+
+    def scores(classifier: TextClassifier, proba) -> object:
+        if not adjust_priors:
+            return proba
+        try:
+            priors[classifier.task_type], proba = classifier.adjust_priors(proba)
+        except ValueError as exc:
+            raise TaggerError(f"model '{reference}': --adjust-priors: {exc}") from None
+        return proba
+
     if isinstance(wrapper, TaggerBundle):
         set_backend([wrapper.topic, wrapper.stance], backend)
-        records = tag_records(wrapper.topic, wrapper.stance, *score_pair(wrapper.topic, wrapper.stance, frame))
+        topic_proba, stance_proba = score_pair(wrapper.topic, wrapper.stance, frame)
+        records = tag_records(
+            wrapper.topic, wrapper.stance, scores(wrapper.topic, topic_proba), scores(wrapper.stance, stance_proba)
+        )
     else:
-        set_backend([wrapper.classifier], backend)
-        records = classifier_records(wrapper.classifier, wrapper.classifier.predict_proba(frame))
-        if wrapper.classifier.multilabel:
+        classifier = wrapper.classifier
+        set_backend([classifier], backend)
+        records = classifier_records(classifier, scores(classifier, classifier.predict_proba(frame)))
+        if classifier.multilabel:
             with_target = rows  # a topic model reads no target: none is echoed
-    return [{**row, **record} for row, record in zip(with_target, records, strict=True)]
+    return [{**row, **record} for row, record in zip(with_target, records, strict=True)], priors
 
 
 def export_model(name: str, alias: str, out: Path) -> Path:
