@@ -24,6 +24,7 @@ BUILTIN_FAMILIES = {
     "tfidf_svm": "train.models.tfidf",
     "transformer": "train.models.transformer",
     "embedding_logreg": "train.models.embedding",
+    "setfit": "train.models.setfit_family",
 }
 
 
@@ -47,6 +48,7 @@ BUILTIN_PARAMS = {
     "tfidf_svm": "TfidfSvmParams",
     "transformer": "TransformerParams",
     "embedding_logreg": "EmbeddingParams",
+    "setfit": "SetFitParams",
 }
 
 

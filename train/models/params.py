@@ -89,3 +89,24 @@ class TransformerParams(BaseModel):
     @classmethod
     def _encoder_exists(cls, value: str | None) -> str | None:
         return check_encoder(value)
+
+
+class SetFitParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name_or_path: str | None = Field(None, description="local folder or hub id; none = all-MiniLM-L6-v2")
+    max_steps: int = Field(200, ge=1, description="contrastive training steps (batches of sentence pairs)")
+    batch_size: int = Field(16, ge=2)
+    num_iterations: int = Field(20, ge=1, description="pairs generated per sentence")
+    body_learning_rate: float = Field(2e-5, gt=0)
+    max_length: int = Field(128, ge=8, le=512)
+    C: float = Field(1.0, gt=0)
+    class_weight: Literal["balanced"] | None = "balanced"
+    use_target: bool = True
+    mask_target_actors: bool = False
+    torch_threads: int | None = Field(None, ge=1)
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _encoder_exists(cls, value: str | None) -> str | None:
+        return check_encoder(value)
