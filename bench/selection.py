@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def timed_command(args: list[str], env: dict) -> tuple[float, str]:
+    """Run ``tagger ARGS``; its wall time and its stdout (the command's result; progress is on stderr)."""
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "train.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, check=False
@@ -34,17 +35,21 @@ def timed_command(args: list[str], env: dict) -> tuple[float, str]:
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"tagger {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return seconds, done.stdout + done.stderr
+    return seconds, done.stdout
 
 
 def bench_cv(env: dict) -> dict:
-    seconds, output = timed_command(["cv", "configs/topic/tfidf_logreg.yaml", "--set", "tracking.log_model=false"], env)
-    found = re.search(r"cv 5x1: f1_macro ([0-9.]+)", output)
+    seconds, run_id = timed_command(["cv", "configs/topic/tfidf_logreg.yaml", "--set", "tracking.log_model=false"], env)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{env['TAGGER_HOME']}/mlflow.db")
+    metrics = mlflow.get_run(run_id.strip()).data.metrics
     return {
         "command": "tagger cv configs/topic/tfidf_logreg.yaml --set tracking.log_model=false",
         "seconds": round(seconds, 1),
         "goal_seconds": 30,
-        "cv_f1_macro_mean": float(found.group(1)) if found else None,
+        "cv_f1_macro_mean": round(metrics["cv/f1_macro_mean"], 4),
+        "cv_f1_macro_std": round(metrics["cv/f1_macro_std"], 4),
     }
 
 
@@ -57,7 +62,7 @@ def bench_sweep(env: dict, trials: int, jobs: int) -> dict:
         "command": "tagger " + " ".join(args),
         "seconds": round(seconds, 1),
         "goal_seconds": 300,
-        "trials": {state: int(n) for n, state in re.findall(r"(\d+) (complete|pruned|fail)", output)},
+        "trials": {state: int(n) for n, state in re.findall(r"(\d+) (complete|pruned|fail)", output.splitlines()[0])},
         "best_trial": int(best.group(1)) if best else None,
         "best_value": float(best.group(2)) if best else None,
     }

@@ -214,7 +214,7 @@ def _open_study(url: str, name: str, space: Space, objective: str, direction: st
 def _parent_run(study: optuna.Study, config, config_path, prepared, space_path, objective, direction) -> str:
     """The study's parent MLflow run: reused when the study is resumed, else created (with config and space)."""
     client = mlflow.MlflowClient()
-    run_id = optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs.get("mlflow_run_id")
+    run_id = study.user_attrs.get("mlflow_run_id")  # read from the storage: another process may have set it
     workdir = Path(tempfile.mkdtemp(prefix="tagger-run-"))
     if run_id:
         try:
@@ -303,7 +303,7 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
             attrs.get(store.PID_TAG), attrs.get(store.STARTED_TAG)
         ):
             continue
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL)
         failed.append(trial.number)
         log.warning(
             "trial %d was left RUNNING by process %s, which is gone: failed", trial.number, attrs[store.PID_TAG]
