@@ -72,7 +72,7 @@ def test_f_avg_needs_favor_and_against():
         )
 
 
-def test_a_logged_model_applies_its_offsets(tmp_path, monkeypatch):
+def test_a_logged_model_applies_its_offsets(tmp_path):
     """The pyfunc model (and so the service and ``tagger predict``) decides with the tuned offsets."""
     from train.models.checks import toy_problem
     from train.models.tfidf import TfidfLogReg
@@ -83,8 +83,9 @@ def test_a_logged_model_applies_its_offsets(tmp_path, monkeypatch):
     plain = model.predict(X)
     model.offsets_ = np.array([0.0, 0.0, 8.0])  # an offset large enough to make the last class win everywhere
     assert set(model.predict(X)) == {labels[2]} != set(plain)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'offsets.db'}")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'offsets.db'}")
+    from train.tracking import store
+
+    store.setup(None, "tagger-test-offsets")  # the session's throw-away store
     with mlflow.start_run() as run:
         log_classifier(model, X, tmp_path / "work")
     loaded = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
