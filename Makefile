@@ -12,7 +12,8 @@ UI_PORT ?= 5000
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install browser demo demo-full test lint bench bench-reliability ui clean-store
+.PHONY: install browser demo demo-full test lint bench bench-reliability ui clean-store \
+        tracking-server tracking-server-stop tracking-server-clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,3 +68,14 @@ ui: $(STAMP)
 
 clean-store:
 	rm -rf mlflow.db mlartifacts
+
+# PostgreSQL + `mlflow server` (proxied artifacts) on loopback; prints the MLFLOW_TRACKING_URI to export.
+# State in .tracking-server/ (git-ignored); ports: TAGGER_PG_PORT (5433), TAGGER_MLFLOW_PORT (5001).
+tracking-server: $(STAMP)
+	@scripts/tracking_server.sh start
+
+tracking-server-stop:
+	@scripts/tracking_server.sh stop
+
+tracking-server-clean:
+	@scripts/tracking_server.sh clean

@@ -24,6 +24,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout carries results only
+    # a tracking server that stopped answering fails a command in about 30 s, not after minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
@@ -422,6 +425,14 @@ def main() -> None:
         command = f"tagger {ctx.info_name}: " if ctx is not None and ctx.parent is not None else ""
         click.echo(f"error: {command}{one_line(exc.format_message())}", err=True)
         sys.exit(2)
+    except Exception as exc:
+        from train.tracking.store import lost_store_message
+
+        message = lost_store_message(exc)
+        if message is None:
+            raise
+        click.echo(f"error: {message}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

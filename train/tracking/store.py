@@ -120,6 +120,23 @@ def setup(configured_uri: str | None = None, experiment: str | None = None) -> s
     return uri
 
 
+def lost_store_message(exc: BaseException) -> str | None:
+    """One line for a tracking store that stopped answering mid-command (None for any other error)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    lost = ("Max retries exceeded", "Connection refused", "ConnectionError", "RemoteDisconnected", "server closed")
+    if not any(any(text in f"{type(e).__name__}: {e}" for text in lost) for e in seen):
+        return None
+    uri = redact(tracking_uri(mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None))
+    return (
+        f"tracking store {uri} stopped answering ({type(exc).__name__}); check that it runs, then "
+        "'tagger runs --all' shows any run this command left unfinished (the next command marks it KILLED)"
+    )
+
+
 _INITIALIZED: set[str] = set()
 _INIT_LOCK = threading.Lock()
 
