@@ -12,7 +12,7 @@ UI_PORT ?= 5000
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install browser demo demo-full test lint bench bench-reliability ui clean-store \
+.PHONY: install browser services demo demo-full test lint bench bench-reliability ui clean-store \
         tracking-server tracking-server-stop tracking-server-clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -45,7 +45,19 @@ browser:
 		else echo "not root: chromium not installed, browser tests will be skipped"; fi; \
 	fi
 
-test: $(STAMP) browser
+# Debian's PostgreSQL (tracking-server tests) and Java (Spark tests), as root; tests skip with a reason without them
+services:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
+				|| echo "not installed:$$missing (their tests will be skipped)"; \
+		else echo "not root: not installed:$$missing (their tests will be skipped)"; fi; \
+	fi
+
+test: $(STAMP) browser services
 	$(VENV)/bin/ruff check train tests bench scripts
 	$(PY) -m pytest -q
 

@@ -64,6 +64,10 @@ start() {
         chmod 755 "$state"
         chown "$os_user" "$state/run"
     fi
+    if [ "$(id -u)" = 0 ] && ! runuser -u "$os_user" -- test -x "$state"; then
+        echo "error: $state cannot be reached by user $os_user (a parent folder is private); set TAGGER_SERVER_DIR" >&2
+        exit 2
+    fi
     if [ ! -f "$state/pgdata/PG_VERSION" ]; then
         mkdir -p "$state/pgdata"
         [ "$(id -u)" = 0 ] && chown "$os_user" "$state/pgdata"
