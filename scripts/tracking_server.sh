@@ -80,10 +80,12 @@ start() {
         as_pg_user "$bin/pg_ctl" -D "$state/pgdata" -l "$state/postgres.log" -w -t 60 \
             -o "-p $pg_port -k $state/run -c listen_addresses=$host" start >/dev/null
     fi
-    if ! "$bin/psql" -h "$host" -p "$pg_port" -U mlflow -d postgres -tAc \
-        "select 1 from pg_database where datname = 'mlflow'" | grep -q 1; then
-        "$bin/createdb" -h "$host" -p "$pg_port" -U mlflow mlflow
-    fi
+    for database in mlflow optuna; do  # MLflow's store; Optuna's studies for sweeps shared across machines
+        if ! "$bin/psql" -h "$host" -p "$pg_port" -U mlflow -d postgres -tAc \
+            "select 1 from pg_database where datname = '$database'" | grep -q 1; then
+            "$bin/createdb" -h "$host" -p "$pg_port" -U mlflow "$database"
+        fi
+    done
     if ! mlflow_running; then
         # its own session, so stopping it stops its workers too
         setsid "$mlflow" server --backend-store-uri "$uri" --artifacts-destination "$state/artifacts" \
@@ -102,6 +104,7 @@ start() {
         curl -fs "http://$host:$mlflow_port/health" >/dev/null || { echo "error: mlflow server did not answer" >&2; exit 1; }
     fi
     echo "PostgreSQL on $host:$pg_port (database mlflow), MLflow server on http://$host:$mlflow_port"
+    echo "Optuna storage for sweeps shared across machines: --storage postgresql://mlflow@$host:$pg_port/optuna"
     echo "export MLFLOW_TRACKING_URI=http://$host:$mlflow_port"
 }
 

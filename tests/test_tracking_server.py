@@ -185,3 +185,39 @@ def test_server_killed_mid_training_then_restarted(stack, data, tmp_path):
     assert now == versions
     listed = ok(tagger(stack, tmp_path, "runs", "--task", "topic", "--all"))
     assert "KILLED" in listed  # the dead command's run, marked by the next command on this host
+
+
+def test_two_sweep_workers_share_one_study_in_postgresql(stack, data, tmp_path):
+    """Two ``tagger sweep`` processes (as on two machines) on one study in PostgreSQL: exactly N trials."""
+    import optuna
+
+    storage = f"postgresql://mlflow@127.0.0.1:{stack.env['TAGGER_PG_PORT']}/optuna"
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  model.params.C: {type: float, low: 0.1, high: 10, log: true}\n", encoding="utf-8")
+    args = ["sweep", "configs/stance/tfidf_logreg.yaml", "--space", space, "--trials", 6, "--storage", storage]
+    args += ["--study", "shared-pg", "--set", f"data.train={data}", "--set", "split.folds=3", *QUICK]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": stack.uri, "TAGGER_HOME": str(tmp_path)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "train.cli", *map(str, args), "--out", str(tmp_path / f"out{i}")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for i in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="shared-pg", storage=storage)
+    counted = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(counted) == 6 and len({t.number for t in counted}) == 6
+    assert len({t.user_attrs["tagger.pid"] for t in counted}) == 2  # both workers ran trials
+    mlflow.set_tracking_uri(stack.uri)
+    trials = mlflow.search_runs(experiment_names=["tagger-stance"], filter_string="tags.`optuna.study` = 'shared-pg'")
+    children = trials[trials["tags.tagger.sweep"] == "trial"]
+    assert sorted(children["tags.optuna.trial"].astype(int)) == sorted(t.number for t in counted)
+    parents = trials[trials["tags.tagger.sweep"] == "parent"]
+    assert len(parents) == 1 and set(children["tags.mlflow.parentRunId"]) == set(parents["run_id"])

@@ -29,6 +29,9 @@ import tempfile
 import threading
 import time
 import warnings
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,11 +106,11 @@ def default_storage() -> str:
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage with heartbeats; a SQLite schema is created once, under a file lock."""
+    """Optuna's RDB storage with heartbeats; its schema is created by one process at a time."""
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
     try:
-        with _storage_lock(url):
+        with storage_lock(url, "schema"):
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
             )
@@ -117,17 +120,38 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         ) from None
 
 
-def _storage_lock(url: str):
-    """A file lock beside a SQLite storage (schema creation, the parent run); nothing for a database server."""
-    from contextlib import nullcontext
+@contextmanager
+def storage_lock(url: str, name: str) -> Iterator[None]:
+    """A lock that every process using the storage ``url`` shares, on any machine that reaches it.
 
-    from filelock import FileLock
-
+    SQLite: a file lock beside the database. PostgreSQL: a session-level advisory lock in the database
+    itself, so sweeps started on several machines at once create one schema and one parent run.
+    Other databases: no lock (two sweeps started in the same instant could make two parent runs).
+    """
     path = store.sqlite_path(url)
-    if path is None:
-        return nullcontext()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(f"{path}.lock", timeout=300)
+    if path is not None:
+        from filelock import FileLock
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.{name}.lock", timeout=300):
+            yield
+    elif url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        key = zlib.crc32(f"tagger.sweep.{name}".encode()) & 0x7FFFFFFF
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text("select pg_advisory_lock(:key)"), {"key": key})
+                try:
+                    yield
+                finally:
+                    connection.execute(sqlalchemy.text("select pg_advisory_unlock(:key)"), {"key": key})
+        finally:
+            engine.dispose()
+    else:
+        yield
 
 
 def sweep(
@@ -153,10 +177,10 @@ def sweep(
         plan_folds(config, prepared.data, prepared.model, config.split.folds, config.split.repeats)
 
     storage_url = storage or default_storage()
-    study = _open_study(storage_url, study_name, space, objective, direction, config.task.name)
-    tracking_uri = store.setup(config.tracking.uri, config.experiment_name)
-    store.mark_stale_runs()
-    with _storage_lock(storage_url):  # two sweeps starting one study at once share one parent run
+    with storage_lock(storage_url, "study"):  # sweeps starting one study at once share it and one parent run
+        study = _open_study(storage_url, study_name, space, objective, direction, config.task.name)
+        tracking_uri = store.setup(config.tracking.uri, config.experiment_name)
+        store.mark_stale_runs()
         parent_run_id = _parent_run(study, config, config_path, prepared, space_path, objective, direction)
     spec = SweepSpec(
         str(Path(config_path).resolve()),
