@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TAGGER := $(VENV)/bin/tagger
 STAMP := $(VENV)/.installed-stamp
+SPARK_STAMP := $(VENV)/.spark-stamp
 DEMO_CONFIGS := configs/topic/tfidf_logreg.yaml configs/topic/tfidf_svm.yaml \
                 configs/stance/tfidf_logreg.yaml configs/stance/tfidf_svm.yaml
 FULL_CONFIGS := $(DEMO_CONFIGS) configs/topic/minilm_embed_logreg.yaml configs/stance/minilm_embed_logreg.yaml \
@@ -12,7 +13,7 @@ UI_PORT ?= 5000
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install browser services demo demo-full test lint bench bench-reliability ui clean-store \
+.PHONY: install install-spark browser services demo demo-full test lint bench bench-reliability ui clean-store \
         tracking-server tracking-server-stop tracking-server-clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -23,6 +24,13 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# PySpark, the optional extra for `tagger tag-batch --engine spark` (make test installs it)
+$(SPARK_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,spark]'
+	touch $(SPARK_STAMP)
+
+install-spark: $(SPARK_STAMP)
 
 demo: $(STAMP)
 	@$(MAKE) --no-print-directory train-configs CONFIGS="$(DEMO_CONFIGS)"
@@ -57,7 +65,7 @@ services:
 		else echo "not root: not installed:$$missing (their tests will be skipped)"; fi; \
 	fi
 
-test: $(STAMP) browser services
+test: $(STAMP) $(SPARK_STAMP) browser services
 	$(VENV)/bin/ruff check train tests bench scripts
 	$(PY) -m pytest -q
 

@@ -329,6 +329,32 @@ def tag(text, source, target, topic_model, stance_model, as_json, backend) -> No
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
+@cli.command("tag-batch")
+@click.argument("source", metavar="INPUT", type=click.Path())
+@click.argument("output", metavar="OUTPUT", type=click.Path())
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "spark"]))
+@click.option("--master", default=None, help="Spark master, e.g. local[2] or spark://host:7077 (default local[*]).")
+@click.option("--model", default="models:/tagger@champion", show_default=True, help="Model URI, run id or folder.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--target-column", default="target", show_default=True, help="Used where present and not empty.")
+@click.option("--target", default=None, help='Target for rows without one (default "closer Iran–Iraq ties").')
+@click.option("--chunk-size", default=50_000, show_default=True, type=click.IntRange(1), help="Rows per local chunk.")
+def tag_batch(source, output, engine, master, model, text_column, target_column, target, chunk_size) -> None:
+    """Tag INPUT (Parquet, JSONL or CSV; a file or a folder of parts) into the Parquet folder OUTPUT."""
+    from train.batch import BatchJob, tag_local, tag_spark
+    from train.domain import DEFAULT_TARGET
+
+    if engine == "local" and master:
+        raise TaggerError("--master applies to --engine spark only")
+    job = BatchJob(Path(source), Path(output), text_column, target_column, target or DEFAULT_TARGET, model, chunk_size)
+    result = tag_spark(job, master) if engine == "spark" else tag_local(job)
+    rate = result["rows"] / result["seconds"] if result["seconds"] else float("nan")
+    log.info(
+        "tagged %d sentences in %.1f s (%.0f sentences/s) with %s", result["rows"], result["seconds"], rate, engine
+    )
+    click.echo(result["output"])
+
+
 @cli.command()
 @click.option(
     "--task",
