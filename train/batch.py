@@ -181,7 +181,7 @@ def spark_session(master: str | None):
         raise TaggerError("--engine spark needs Java: install a JRE (Debian: apt-get install default-jre-headless)")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers run this environment, which has tagger
     builder = SparkSession.builder.appName("tagger tag-batch").config("spark.ui.showConsoleProgress", "false")
-    if not master and "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+    if not master and "PYSPARK_GATEWAY_PORT" not in os.environ:  # under spark-submit its --master holds
         master = os.environ.get("SPARK_MASTER", "local[*]")
     if master:
         builder = builder.master(master)

@@ -348,6 +348,8 @@ def tag_batch(source, output, engine, master, model, text_column, target_column,
         raise TaggerError("--master applies to --engine spark only")
     job = BatchJob(Path(source), Path(output), text_column, target_column, target or DEFAULT_TARGET, model, chunk_size)
     result = tag_spark(job, master) if engine == "spark" else tag_local(job)
+    if "startup_seconds" in result:
+        log.info("Spark started in %.1f s", result["startup_seconds"])
     rate = result["rows"] / result["seconds"] if result["seconds"] else float("nan")
     log.info(
         "tagged %d sentences in %.1f s (%.0f sentences/s) with %s", result["rows"], result["seconds"], rate, engine
