@@ -338,16 +338,19 @@ def tag(text, source, target, topic_model, stance_model, as_json, backend) -> No
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--target-column", default="target", show_default=True, help="Used where present and not empty.")
 @click.option("--target", default=None, help='Target for rows without one (default "closer Iran–Iraq ties").')
-@click.option("--chunk-size", default=50_000, show_default=True, type=click.IntRange(1), help="Rows per local chunk.")
-def tag_batch(source, output, engine, master, model, text_column, target_column, target, chunk_size) -> None:
+@click.option("--chunk-size", default=20_000, show_default=True, type=click.IntRange(1), help="Rows per local chunk.")
+@click.option("--workers", default=None, type=click.IntRange(1, 256), help="Local worker processes (default: CPUs).")
+def tag_batch(source, output, engine, master, model, text_column, target_column, target, chunk_size, workers) -> None:
     """Tag INPUT (Parquet, JSONL or CSV; a file or a folder of parts) into the Parquet folder OUTPUT."""
     from train.batch import BatchJob, tag_local, tag_spark
     from train.domain import DEFAULT_TARGET
 
     if engine == "local" and master:
         raise TaggerError("--master applies to --engine spark only")
+    if engine == "spark" and workers:
+        raise TaggerError("--workers applies to --engine local only (Spark's master sets its parallelism)")
     job = BatchJob(Path(source), Path(output), text_column, target_column, target or DEFAULT_TARGET, model, chunk_size)
-    result = tag_spark(job, master) if engine == "spark" else tag_local(job)
+    result = tag_spark(job, master) if engine == "spark" else tag_local(job, workers)
     if "startup_seconds" in result:
         log.info("Spark started in %.1f s", result["startup_seconds"])
     rate = result["rows"] / result["seconds"] if result["seconds"] else float("nan")
