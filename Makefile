@@ -67,7 +67,7 @@ services:
 
 test: $(STAMP) $(SPARK_STAMP) browser services
 	$(VENV)/bin/ruff check train tests bench scripts
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check train tests

@@ -34,13 +34,19 @@ def isolated_store(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def restore_tracking_uri():
-    """A test that points MLflow at its own store (``monkeypatch.setenv``) does not leak it to the next."""
+def restore_tracking_uri(isolated_store):
+    """A test that points MLflow at its own store does not leak it to the next.
+
+    ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in the environment, so the session's
+    store is restored from the fixture that made it, not read back from the environment.
+    """
     yield
     import mlflow
 
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    mlflow.set_registry_uri(os.environ["MLFLOW_TRACKING_URI"])
+    uri = f"sqlite:///{isolated_store / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -108,14 +108,14 @@ def test_shipped_spaces_fit_their_configs():
 def test_two_sweep_processes_share_one_study_exactly(tmp_path, sweep_env):
     env, sets = sweep_env
     space = space_file(tmp_path, {"model.params.C": {"type": "float", "low": 0.1, "high": 10, "log": True}})
-    args = ("sweep", CONFIG, "--space", space, "--trials", 7, "--study", "shared", *sets)
+    args = ("sweep", CONFIG, "--space", space, "--trials", 5, "--study", "shared", *sets)
     procs = [tagger(env, *args) for _ in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
     study = load_study(tmp_path, "shared")
     done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    assert len(done) == 7
+    assert len(done) == 5
     assert len({t.user_attrs["tagger.pid"] for t in done}) == 2  # both processes ran trials
     runs = trial_runs(tmp_path)
     assert sorted(runs["tags.optuna.trial"].astype(int)) == sorted(t.number for t in done)  # one run per trial
@@ -144,18 +144,18 @@ def test_resumed_study_keeps_its_trials_and_best_config_reproduces(tmp_path, swe
     )
     out = tmp_path / "best"
     overrides = tuple(sets[1::2])
-    first = sweep(str(CONFIG), str(space), 3, study_name="grow", out=out, overrides=overrides)
+    first = sweep(str(CONFIG), str(space), 2, study_name="grow", out=out, overrides=overrides)
     before = {t.number: (t.params, t.value) for t in load_study(tmp_path, "grow").trials}
     with pytest.raises(TaggerError, match="was run with another space"):  # resuming needs the same space
         other = space_file(tmp_path / "other", {"model.params.C": {"type": "float", "low": 1, "high": 2}})
         sweep(str(CONFIG), str(other), 4, study_name="grow", overrides=overrides)
     second = tagger(
-        env, "sweep", CONFIG, "--space", space, "--study", "grow", "--out", out, "--trials", 5, "--jobs", 2, *sets
+        env, "sweep", CONFIG, "--space", space, "--study", "grow", "--out", out, "--trials", 4, "--jobs", 2, *sets
     )
     stdout, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
     study = load_study(tmp_path, "grow")
-    assert len(study.trials) == 5 and {t.number: (t.params, t.value) for t in study.trials[:3]} == before
+    assert len(study.trials) == 4 and {t.number: (t.params, t.value) for t in study.trials[:2]} == before
     runs = trial_runs(tmp_path)
     assert set(runs["tags.mlflow.parentRunId"]) == {first.parent_run_id}  # the same parent run
     assert "best config:" in stdout
@@ -169,7 +169,7 @@ def test_resumed_study_keeps_its_trials_and_best_config_reproduces(tmp_path, swe
 def test_a_killed_sweep_is_resumed_and_its_dead_trial_rerun(tmp_path, sweep_env):
     env, sets = sweep_env
     space = space_file(tmp_path, {"model.params.C": {"type": "float", "low": 0.1, "high": 10, "log": True}})
-    args = ("sweep", CONFIG, "--space", space, "--trials", 3, "--study", "killed", *sets)
+    args = ("sweep", CONFIG, "--space", space, "--trials", 2, "--study", "killed", *sets)
     proc = tagger(env, *args, start_new_session=True)
     deadline = time.time() + 120
     running = []
@@ -189,4 +189,4 @@ def test_a_killed_sweep_is_resumed_and_its_dead_trial_rerun(tmp_path, sweep_env)
     assert again.returncode == 0, err
     study = load_study(tmp_path, "killed")
     assert study.trials[running[0].number].state.name == "FAIL"
-    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 3
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 2
