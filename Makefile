@@ -43,7 +43,8 @@ train-configs:
 	@for config in $(CONFIGS); do echo "== tagger train $$config"; $(TAGGER) train $$config || exit 1; done
 	@echo; $(TAGGER) runs --task topic --metric validation/f1_macro --limit 8
 	@$(TAGGER) runs --task stance --metric validation/f1_macro --limit 8
-	@echo "Open the MLflow UI with: make ui   (then http://127.0.0.1:$(UI_PORT))"
+	@case "$$MLFLOW_TRACKING_URI" in http*) echo "Open the MLflow UI at $$MLFLOW_TRACKING_URI";; \
+		*) echo "Open the MLflow UI with: make ui   (then http://127.0.0.1:$(UI_PORT))";; esac
 
 # Debian's chromium for the browser tests (as root; skipped with a reason where it cannot be installed)
 browser:
