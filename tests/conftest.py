@@ -102,6 +102,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(base: str, seconds: float = 120) -> bool:
+    """Whether ``tagger serve`` at ``base`` answers ``/readyz`` with 200 within ``seconds``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    return False
+
+
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -131,14 +143,7 @@ def server(registry, tmp_path_factory):
         env={**os.environ, "TAGGER_ADMIN_TOKEN": ADMIN_TOKEN},
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
+    if not wait_ready(base):
         proc.kill()
         log_file.seek(0)
         pytest.fail(log_file.read().decode())

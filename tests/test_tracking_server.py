@@ -17,7 +17,7 @@ import time
 import httpx
 import mlflow
 import pytest
-from conftest import ROOT, free_port, read_jsonl, write_jsonl
+from conftest import ROOT, free_port, read_jsonl, wait_ready, write_jsonl
 
 SCRIPT = ROOT / "scripts" / "tracking_server.sh"
 QUICK = ["--set", "evaluation.bootstrap_samples=0", "--set", "model.params.char_ngram_range=null"]
@@ -73,6 +73,18 @@ def tagger(stack: Stack, home, *args, env: dict | None = None, timeout: int = 30
     )
 
 
+def start(stack: Stack, home, *args, env: dict | None = None) -> subprocess.Popen:
+    """``tagger ARGS`` started against the stack, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "train.cli", *map(str, args)],
+        env={**os.environ, "MLFLOW_TRACKING_URI": stack.uri, "TAGGER_HOME": str(home), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
 def ok(done: subprocess.CompletedProcess) -> str:
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -105,13 +117,7 @@ def test_train_runs_promote_tag_and_serve_against_the_server(stack, data, tmp_pa
         cwd=ROOT,
     )
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        assert wait_ready(f"http://127.0.0.1:{port}"), "tagger serve did not become ready"
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/tag", json={"text": "The ministers met in Baghdad."})
         assert answer.status_code == 200, answer.text
         assert answer.json()["sentences"][0]["stance"] in {"favor", "against", "neutral"}
@@ -122,18 +128,7 @@ def test_train_runs_promote_tag_and_serve_against_the_server(stack, data, tmp_pa
 
 def test_eight_trainings_at_once_lose_nothing(stack, data, tmp_path):
     args = ["train", "configs/stance/tfidf_logreg.yaml", "--set", f"data.train={data}", *QUICK]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": stack.uri, "TAGGER_HOME": str(tmp_path)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "train.cli", *args, "--set", f"tracking.run_name=concurrent-{i}"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for i in range(8)
-    ]
+    procs = [start(stack, tmp_path, *args, "--set", f"tracking.run_name=concurrent-{i}") for i in range(8)]
     results = [proc.communicate(timeout=600) for proc in procs]
     assert [proc.returncode for proc in procs] == [0] * 8, [err[-500:] for _, err in results]
     assert not any("database is locked" in err for _, err in results)
@@ -152,19 +147,8 @@ def test_server_killed_mid_training_then_restarted(stack, data, tmp_path):
     versions = {
         m.name: len(client.search_model_versions(f"name = '{m.name}'")) for m in client.search_registered_models()
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "train.cli", "train", "configs/topic/tfidf_logreg.yaml", "--set", f"data.train={data}"],
-        env={
-            **os.environ,
-            "MLFLOW_TRACKING_URI": stack.uri,
-            "TAGGER_HOME": str(tmp_path),
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+    args = ["train", "configs/topic/tfidf_logreg.yaml", "--set", f"data.train={data}"]
+    proc = start(stack, tmp_path, *args, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"})
     deadline, seen = time.time() + 120, ""
     while time.time() < deadline and "training tfidf_logreg" not in seen:
         seen += proc.stderr.readline()
@@ -196,18 +180,7 @@ def test_two_sweep_workers_share_one_study_in_postgresql(stack, data, tmp_path):
     space.write_text("params:\n  model.params.C: {type: float, low: 0.1, high: 10, log: true}\n", encoding="utf-8")
     args = ["sweep", "configs/stance/tfidf_logreg.yaml", "--space", space, "--trials", 4, "--storage", storage]
     args += ["--study", "shared-pg", "--set", f"data.train={data}", "--set", "split.folds=2", *QUICK]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": stack.uri, "TAGGER_HOME": str(tmp_path)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "train.cli", *map(str, args), "--out", str(tmp_path / f"out{i}")],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for i in range(2)
-    ]
+    procs = [start(stack, tmp_path, *args, "--out", tmp_path / f"out{i}") for i in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
