@@ -11,6 +11,7 @@ part of the input. The model is saved in SetFit's own format beside the pickle.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ class SetFitClassifier(TextClassifier):
         set_threads(p["torch_threads"])
         for name in ("setfit", "sentence_transformers", "transformers"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")  # no accelerator here: nothing to act on
         head = {"class_weight": p["class_weight"], "C": p["C"], "max_iter": 2000}
         self.model_ = SetFitModel.from_pretrained(
             resolve_encoder(p["name_or_path"]),
