@@ -21,11 +21,13 @@ FAST_PARAMS = {
 
 @pytest.mark.parametrize("family", sorted(BUILTIN_FAMILIES))
 def test_builtin_family_keeps_the_contract(family, tmp_path, monkeypatch):
-    monkeypatch.setenv("TAGGER_HOME", str(tmp_path))  # the embedding cache goes to a throw-away folder
+    monkeypatch.setenv("TAGGER_HOME", str(tmp_path / "home"))  # the embedding cache goes to a throw-away folder
+    monkeypatch.chdir(tmp_path)  # and nothing may be written to the working folder (trainer checkpoints, say)
     # two fine-tuning steps cannot learn the toy problem: the transformer's label order is checked on real
     # data by test_transformer.py
     # setfit's head is fitted in full, so two encoder steps still learn the toy problem
     check_family(family, FAST_PARAMS[family], min_agreement=0.0 if family == "transformer" else 0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["home"]), list(tmp_path.iterdir())
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ part of the input. The model is saved in SetFit's own format beside the pickle.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -64,7 +66,12 @@ class SetFitClassifier(TextClassifier):
         self.model_.model_body.max_seq_length = p["max_length"]
         labels = [list(map(int, row)) for row in Y] if self.multilabel else [int(v) for v in Y]
         train = Dataset.from_dict({"text": self._texts(X), "label": labels})
+        scratch = tempfile.mkdtemp(prefix="tagger-setfit-")  # the trainer's own files never land in the cwd
         args = TrainingArguments(
+            output_dir=scratch,
+            logging_dir=scratch,
+            save_strategy="no",
+            logging_strategy="no",
             batch_size=p["batch_size"],
             num_epochs=1,
             max_steps=p["max_steps"],
@@ -74,7 +81,10 @@ class SetFitClassifier(TextClassifier):
             report_to="none",
             show_progress_bar=False,
         )
-        Trainer(model=self.model_, args=args, train_dataset=train).train()
+        try:
+            Trainer(model=self.model_, args=args, train_dataset=train).train()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def _scores(self, X: pd.DataFrame) -> np.ndarray:
         proba = self.model_.predict_proba(self._texts(X), batch_size=64, as_numpy=True, show_progress_bar=False)
