@@ -156,10 +156,11 @@ def _tag_chunk(frame: pd.DataFrame) -> pd.DataFrame:
     return _WORKER_MODEL.predict(frame)
 
 
-def tagged_chunks(job: BatchJob, workers: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+def tagged_chunks(job: BatchJob, uri: str, model, workers: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
     """(input chunk, model output) in input order; ``workers`` processes tag chunks side by side.
 
-    Each worker loads the model once from a local copy; at most two chunks per worker are in flight,
+    ``model`` (loaded from ``uri``) tags in this process when ``workers`` is 1; otherwise each worker loads
+    it once from a local copy; at most two chunks per worker are in flight,
     so memory stays bounded whatever the input size.
     """
     import tempfile
@@ -169,7 +170,6 @@ def tagged_chunks(job: BatchJob, workers: int) -> Iterator[tuple[pd.DataFrame, p
 
     import mlflow
 
-    uri, model = load_model(job.model)
     if workers == 1:
         for chunk in read_chunks(job):
             yield chunk, model.predict(model_frame(job, chunk))
@@ -203,7 +203,7 @@ def tag_local(job: BatchJob, workers: int | None = None) -> dict:
 
     check_job(job)
     workers = workers or usable_cpus()
-    load_model(job.model)  # a broken reference fails before any output exists
+    uri, model = load_model(job.model)  # a broken reference fails before any output exists
     job.output.mkdir(parents=True, exist_ok=True)
     part = job.output / "part-00000.parquet"
     writer, rows, start = None, 0, time.perf_counter()
@@ -212,7 +212,7 @@ def tag_local(job: BatchJob, workers: int | None = None) -> dict:
     try:
         with Progress(*columns, disable=not sys.stderr.isatty(), transient=True) as progress:
             bar = progress.add_task("tagging", total=total)
-            for chunk, tagged in tagged_chunks(job, workers):
+            for chunk, tagged in tagged_chunks(job, uri, model, workers):
                 tagged = tagged.set_index(chunk.index)
                 chunk = chunk.rename(columns=renamed_inputs(list(chunk.columns), list(tagged.columns)))
                 table = pa.Table.from_pandas(pd.concat([chunk, tagged], axis=1), preserve_index=False)

@@ -343,9 +343,8 @@ def run_worker(spec: SweepSpec, index: int) -> None:
     storage = open_storage(spec.storage)
     study = optuna.load_study(study_name=spec.study, storage=storage)
     fail_dead_trials(study)
-    sampler = optuna.samplers.TPESampler(seed=config.seed + index + len(study.trials), constant_liar=True)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    study = optuna.load_study(study_name=spec.study, storage=storage, sampler=sampler, pruner=pruner)
+    study.sampler = optuna.samplers.TPESampler(seed=config.seed + index + len(study.trials), constant_liar=True)
+    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     objective = TrialObjective(spec, load_space(spec.space_path))
     failures = 0
     while len(study.get_trials(deepcopy=False, states=COUNTED)) < spec.trials:
@@ -424,7 +423,8 @@ class TrialObjective:
             mlflow.log_params(store.flatten(config.model_dump(mode="json", exclude={"extends"})))
             for index, (r, k) in enumerate(folds):
                 oof[r, plan.held_out(r, k)], _ = fit_fold(config, plan, r, k)
-                running = summarize(score_folds(config, plan, oof, folds[: index + 1]))[spec.objective]
+                summary = summarize(score_folds(config, plan, oof, folds[: index + 1]))  # all folds: the CV
+                running = summary[spec.objective]
                 mlflow.log_metric(f"running/{spec.objective.removeprefix('cv/')}", running, step=index)
                 trial.report(running, index)
                 if index < len(folds) - 1 and trial.should_prune():
@@ -432,7 +432,6 @@ class TrialObjective:
                     break
             mlflow.set_tag("optuna.state", "PRUNED" if pruned else "COMPLETE")
             if not pruned:
-                summary = summarize(score_folds(config, plan, oof, folds))
                 mlflow.log_metrics({k: v for k, v in summary.items() if np.isfinite(v)})
         if pruned:
             log.info("trial %d pruned after fold %d: %.4f (%s)", trial.number, index + 1, running, json.dumps(values))
