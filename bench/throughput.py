@@ -24,6 +24,8 @@ CONFIGS = [
     "configs/topic/tfidf_svm.yaml",
     "configs/stance/tfidf_logreg.yaml",
     "configs/stance/tfidf_svm.yaml",
+    "configs/topic/static_logreg.yaml",
+    "configs/stance/static_logreg.yaml",
 ]
 
 

@@ -163,3 +163,23 @@ def run_main(monkeypatch, capsys, *args: str, store: str) -> tuple[int, list[str
     with pytest.raises(SystemExit) as exit_info:
         main()
     return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> str:
+    """A one-layer BERT with all-MiniLM-L6-v2's tokenizer and seeded random weights: a real local model
+    folder that families can load or distil in a second (what they learn is not its concern)."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from train.models.encoder import default_encoder_path
+
+    source = default_encoder_path()
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    config = AutoConfig.from_pretrained(
+        source, num_hidden_layers=1, hidden_size=64, num_attention_heads=2, intermediate_size=128
+    )
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return str(folder)

@@ -25,6 +25,7 @@ BUILTIN_FAMILIES = {
     "transformer": "train.models.transformer",
     "embedding_logreg": "train.models.embedding",
     "setfit": "train.models.setfit_family",
+    "static_logreg": "train.models.static",
 }
 
 
@@ -49,6 +50,7 @@ BUILTIN_PARAMS = {
     "transformer": "TransformerParams",
     "embedding_logreg": "EmbeddingParams",
     "setfit": "SetFitParams",
+    "static_logreg": "StaticParams",
 }
 
 

@@ -65,6 +65,25 @@ class EmbeddingParams(BaseModel):
         return check_encoder(value)
 
 
+class StaticParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name_or_path: str | None = Field(None, description="encoder to distil; none = all-MiniLM-L6-v2")
+    pca_dims: int | None = Field(256, ge=2, description="PCA dimensions of the token vectors; none = keep all")
+    max_length: int | None = Field(512, ge=8, description="tokens per sentence; none = no limit")
+    C: float = Field(2.0, gt=0)
+    class_weight: Literal["balanced"] | None = "balanced"
+    use_target: bool = True
+    mask_target_actors: bool = False
+    cache_dir: str | None = Field(None, description="distilled models; none = $TAGGER_HOME/.cache/static or ./.cache")
+    torch_threads: int | None = Field(None, ge=1, description="threads while distilling")
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _encoder_exists(cls, value: str | None) -> str | None:
+        return check_encoder(value)
+
+
 class TransformerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
