@@ -1,6 +1,7 @@
 """Transformer and embedding families: a tiny real fine-tune through MLflow, reload and ONNX parity."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SEEDS_FILE, read_jsonl
+from conftest import SEEDS_FILE, invoke, read_jsonl, run_main
 
 from train.config import load_config
 from train.errors import TaggerError
@@ -74,7 +75,7 @@ def test_onnx_backends_match_torch(tiny_run):
     onnx_scores = classifier.predict_proba(SEEDS)
     assert np.abs(onnx_scores - torch_scores).max() < ONNX_TOLERANCE
     assert classifier.decide(onnx_scores) == torch_labels
-    classifier.set_backend("onnx-int8")
+    classifier.set_backend("onnx-int8", force=True)  # a few training steps leave scores at the thresholds
     int8_scores = classifier.predict_proba(SEEDS)
     assert np.abs(int8_scores - torch_scores).max() < INT8_TOLERANCE
     with pytest.raises(ValueError, match="no .tensorrt. backend .it has: torch, onnx, onnx-int8."):
@@ -88,7 +89,7 @@ def test_cli_predict_with_onnx_backend(tiny_run):
 
     result = CliRunner().invoke(
         cli,
-        ["predict", tiny_run, "--input", "-", "--backend", "onnx-int8"],
+        ["predict", tiny_run, "--input", "-", "--backend", "auto"],
         input="Gas exports resumed through the pipeline.\n",
         catch_exceptions=False,
     )
@@ -158,7 +159,7 @@ def test_tagger_backend_applies_to_the_models_that_have_it(tiny_run, small_train
         ROOT / "configs/stance/tfidf_logreg.yaml", [f"data.train={small_train}", "evaluation.bootstrap_samples=0"]
     )
     stance_run = train(config, "configs/stance/tfidf_logreg.yaml")
-    tagger = Tagger.load(tiny_run, stance_run, backend="onnx-int8")
+    tagger = Tagger.load(tiny_run, stance_run, backend="onnx-int8", force_backend=True)
     assert tagger.topic.backend == "onnx-int8"
     int8 = tagger.tag_sentences([{"text": "Gas exports resumed through the pipeline."}], "closer Iran–Iraq ties")
     torch_scores = Tagger.load(tiny_run, stance_run).tag_sentences(
@@ -188,3 +189,70 @@ def test_loaded_embedding_model_caches_in_memory_only(tmp_path):
     loaded.predict_proba(X.assign(text=[f"New sentence {i} about gas." for i in range(len(X))]))
     assert set((tmp_path / "cache").rglob("*.npy")) == files
     assert len(loaded.cache_.memory) == 5
+
+
+def test_training_measures_backend_parity(tiny_run):
+    metrics = mlflow.get_run(tiny_run).data.metrics
+    for backend in ("torch", "onnx", "onnx-int8"):
+        assert 0 <= metrics[f"parity/{backend}/agreement"] <= 1
+        assert metrics[f"parity/{backend}/sentences_per_second"] > 0
+    assert metrics["parity/torch/agreement"] == 1 and metrics["parity/torch/max_abs_diff"] == 0
+    assert metrics["parity/onnx/max_abs_diff"] < ONNX_TOLERANCE
+    classifier = load_classifier(tiny_run)
+    assert classifier.parity_["onnx-int8"]["agreement"] == metrics["parity/onnx-int8/agreement"]
+
+
+def test_backend_below_parity_is_refused_unless_forced_and_auto_skips_it(tiny_run, tmp_path, monkeypatch, capsys):
+    from train.models.base import TextClassifier
+
+    classifier = load_classifier(tiny_run)
+    speeds = {"torch": 100.0, "onnx": 200.0, "onnx-int8": 400.0}
+    for backend, figures in classifier.parity_.items():
+        figures.update(sentences_per_second=speeds[backend], agreement=1.0)
+    classifier.parity_["onnx-int8"].update(agreement=0.95, sentences=200.0)
+    assert classifier.set_backend("auto") == "onnx"  # int8 is fastest but fell below 99%
+    classifier.parity_["onnx-int8"]["agreement"] = 0.995
+    assert classifier.set_backend("auto") == "onnx-int8"
+    classifier.parity_["onnx-int8"]["agreement"] = 0.95
+    classifier.set_backend("torch")
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{tiny_run}/model", dst_path=str(tmp_path)))
+    classifier.save(folder / "artifacts" / "classifier")  # the logged model, with these parity figures
+
+    sentences = tmp_path / "in.jsonl"
+    sentences.write_text('{"text": "Gas exports resumed through the pipeline."}\n', encoding="utf-8")
+    store = os.environ["MLFLOW_TRACKING_URI"]
+    command = ["predict", str(folder), "--input", str(sentences), "--backend", "onnx-int8"]
+    code, lines = run_main(monkeypatch, capsys, *command, store=store)
+    assert code == 2
+    assert lines == [
+        "error: --backend onnx-int8: backend 'onnx-int8' agrees with torch on 95.0% of 200 sentences "
+        f"(max score difference {classifier.parity_['onnx-int8']['max_abs_diff']:.3f}), below the 99% needed: "
+        "use --backend auto, or --force-backend to use it anyway"
+    ]
+    forced = invoke(*command, "--force-backend")
+    assert set(json.loads(forced.stdout)["scores"]) == {"security", "energy", "trade", "diplomacy"}
+    assert TextClassifier.load(folder / "artifacts" / "classifier").set_backend("auto") == "onnx"
+
+
+def test_model_without_parity_figures_keeps_its_backend_under_auto(tiny_run):
+    """A transformer logged before parity existed has no ``parity_``: auto keeps its configured backend,
+    and every backend may still be chosen by name."""
+    classifier = load_classifier(tiny_run)
+    del classifier.parity_
+    assert classifier.set_backend("auto") == "torch"
+    assert classifier.set_backend("onnx-int8") == "onnx-int8"
+    assert classifier.set_backend("auto") == "onnx-int8"
+    assert classifier.predict_proba(SEEDS.head(3)).shape == (3, 4)
+
+
+def test_compare_scores_counts_label_agreement():
+    from train.models.parity import compare_scores
+
+    reference = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    other = np.array([[0.8, 0.2], [0.45, 0.55], [0.2, 0.8]])
+    figures = compare_scores(reference, other, lambda p: list(p.argmax(axis=1)))
+    assert figures["agreement"] == pytest.approx(2 / 3)
+    assert figures["max_abs_diff"] == pytest.approx(0.15)
+    assert figures["mean_abs_diff"] == pytest.approx((0.1 + 0.1 + 0.15 + 0.15) / 6)
+    topics = compare_scores(reference, other, lambda p: [[i for i in range(2) if row[i] >= 0.5] for row in p])
+    assert topics["agreement"] == pytest.approx(2 / 3)

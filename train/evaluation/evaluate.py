@@ -120,7 +120,11 @@ def plot_confusion(result: EvalResult, path: Path) -> None:
 
 
 def evaluate_model(
-    reference: str, data_path: Path, labels_column: str | None = None, backend: str | None = None
+    reference: str,
+    data_path: Path,
+    labels_column: str | None = None,
+    backend: str | None = None,
+    force_backend: bool = False,
 ) -> tuple[dict, EvalResult]:
     """Evaluate a logged model on a labelled file in the project's schema; the report and the result."""
     from train.config import Columns
@@ -128,7 +132,7 @@ def evaluate_model(
     from train.domain import LABEL_COLUMNS
     from train.tracking.packaging import load_classifier
 
-    classifier = load_classifier(reference, backend)
+    classifier = load_classifier(reference, backend, force_backend)
     columns = Columns(
         labels=labels_column or LABEL_COLUMNS[classifier.task_type],
         target=None if classifier.multilabel else "target",

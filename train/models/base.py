@@ -83,10 +83,51 @@ class TextClassifier:
         """Size figures logged as metrics (parameter count, size on disk)."""
         return {}
 
-    def set_backend(self, backend: str) -> None:
-        """Choose the inference backend; only families with several backends accept another."""
+    def set_backend(self, backend: str, force: bool = False) -> str:
+        """Choose the inference backend and return it; only families with several backends accept another.
+
+        ``auto`` picks the fastest backend that held parity with the reference backend (the first in
+        ``backends``) when the model was trained. A backend measured below
+        ``parity.MIN_AGREEMENT`` is refused (``ValueError``) unless ``force``.
+        """
+        from train.models import parity
+
+        reference = self.backends[0]
+        measured = getattr(self, "parity_", None) or {}
+        if backend == parity.AUTO:
+            backend = parity.choose(getattr(self, "backend", reference), reference, measured)
         if backend not in self.backends:
             raise ValueError(f"{type(self).__name__} has no '{backend}' backend (it has: {', '.join(self.backends)})")
+        figures = measured.get(backend)
+        if figures and backend != reference and figures["agreement"] < parity.MIN_AGREEMENT and not force:
+            raise ValueError(parity.refusal(backend, reference, figures))
+        return backend
+
+    def measure_parity(self, X) -> dict[str, dict[str, float]]:
+        """Each backend against the reference backend on ``X``: agreement, score differences, speed.
+
+        Kept as ``parity_`` (saved with the model) and returned; families with one backend have none.
+        """
+        from train.models import parity
+
+        if len(self.backends) < 2:
+            return {}
+        X = as_frame(X)
+        current = getattr(self, "backend", self.backends[0])
+        results, reference_scores = {}, None
+        try:
+            for backend in self.backends:
+                self.set_backend(backend, force=True)
+                self.predict_proba(X.head(8))  # warm-up: sessions are built on first use
+                scores, speed = parity.timed(lambda: self.predict_proba(X), len(X))
+                if reference_scores is None:  # the reference backend comes first
+                    reference_scores = scores
+                figures = parity.compare_scores(reference_scores, scores, self.decide)
+                results[backend] = {**figures, "sentences_per_second": speed, "sentences": float(len(X))}
+        finally:
+            self.set_backend(current, force=True)
+        self.parity_ = results
+        return results
 
     # --- subclass hooks -------------------------------------------------------------------
     def check_data(self, X: pd.DataFrame, Y: np.ndarray) -> None:

@@ -163,9 +163,9 @@ class TransformerClassifier(TextClassifier):
         return np.clip(len(Y) / (len(self.labels) * counts), 0.1, 10.0)
 
     # --- inference -----------------------------------------------------------------------------
-    def set_backend(self, backend: str) -> None:
-        super().set_backend(backend)
-        self.backend = backend
+    def set_backend(self, backend: str, force: bool = False) -> str:
+        self.backend = super().set_backend(backend, force)
+        return self.backend
 
     def _logits_torch(self, batch: dict) -> np.ndarray:
         import torch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -12,6 +13,8 @@ from train.errors import TaggerError
 from train.models.base import TextClassifier
 from train.outputs import score_pair, tag_records
 from train.tracking.packaging import load_classifier, model_uri, set_backend
+
+log = logging.getLogger("tagger")
 
 
 def _version_of(uri: str) -> str:
@@ -37,11 +40,18 @@ class Tagger:
     versions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, topic_uri: str | None = None, stance_uri: str | None = None, backend: str | None = None) -> Tagger:
+    def load(
+        cls,
+        topic_uri: str | None = None,
+        stance_uri: str | None = None,
+        backend: str | None = None,
+        force_backend: bool = False,
+    ) -> Tagger:
         """Load the given models, or the registered champions; clear errors when missing.
 
         ``backend`` (e.g. ``onnx-int8``) applies to the models whose family has it; naming one that
-        neither model has is an error.
+        neither model has is an error, and so is one that fell below parity with torch when the model
+        was trained (unless ``force_backend``). ``auto``: each model's fastest backend holding parity.
         """
         from train.tracking import store
 
@@ -59,7 +69,10 @@ class Tagger:
             except TaggerError as exc:
                 hint = f"; run 'tagger promote --task {task}' first" if uri == champion_uri(task) else ""
                 raise TaggerError(f"{task} model: {exc}{hint}") from None
-        set_backend(list(models.values()), backend)
+        set_backend(list(models.values()), backend, force_backend)
+        for task, model in models.items():
+            if len(model.backends) > 1:
+                log.info("%s model: %s backend", task, getattr(model, "backend", model.backends[0]))
         if not models["topic"].multilabel or models["stance"].multilabel:
             raise TaggerError("the topic model must be multi-label and the stance model multi-class")
         return cls(models["topic"], models["stance"], {task: _version_of(uri) for task, uri in uris.items()})

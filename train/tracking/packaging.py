@@ -114,26 +114,36 @@ def load_wrapper(reference: str) -> TaggerModel | TaggerBundle:
     raise TaggerError(f"model '{reference}': not a tagger model")
 
 
-def set_backend(classifiers: list[TextClassifier], backend: str | None) -> None:
-    """Choose the inference backend of the classifiers whose family has it; an error if none has it."""
+def set_backend(classifiers: list[TextClassifier], backend: str | None, force: bool = False) -> None:
+    """Choose the inference backend of the classifiers whose family has it.
+
+    ``auto`` lets each classifier pick its fastest backend that held parity. A named backend that no
+    classifier has is an error, as is one below parity (unless ``force``).
+    """
     if not backend:
         return
-    chosen = [c for c in classifiers if backend in c.backends]
-    if not chosen:
-        families = ", ".join(f"{type(c).__name__} ({'/'.join(c.backends)})" for c in classifiers)
-        raise TaggerError(f"--backend {backend}: no model here has it ({families})")
+    if backend == "auto":
+        chosen = classifiers
+    else:
+        chosen = [c for c in classifiers if backend in c.backends]
+        if not chosen:
+            families = ", ".join(f"{type(c).__name__} ({'/'.join(c.backends)})" for c in classifiers)
+            raise TaggerError(f"--backend {backend}: no model here has it ({families})")
     for classifier in chosen:
-        classifier.set_backend(backend)
+        try:
+            classifier.set_backend(backend, force)
+        except ValueError as exc:
+            raise TaggerError(f"--backend {backend}: {exc}") from None
 
 
-def load_classifier(reference: str, backend: str | None = None) -> TextClassifier:
+def load_classifier(reference: str, backend: str | None = None, force_backend: bool = False) -> TextClassifier:
     """Load the one-task classifier behind a model reference, optionally choosing its backend."""
     wrapper = load_wrapper(reference)
     if isinstance(wrapper, TaggerBundle):
         raise TaggerError(
             f"model '{reference}' is the combined topic + stance model; use 'tagger predict' or 'tagger tag' with it"
         )
-    set_backend([wrapper.classifier], backend)
+    set_backend([wrapper.classifier], backend, force_backend)
     return wrapper.classifier
 
 
@@ -194,7 +204,12 @@ def bundle_model_arguments(folders: dict[str, str]) -> dict:
 
 
 def predict_records(
-    reference: str, rows: list[dict], target: str, backend: str | None = None, adjust_priors: bool = False
+    reference: str,
+    rows: list[dict],
+    target: str,
+    backend: str | None = None,
+    adjust_priors: bool = False,
+    force_backend: bool = False,
 ) -> tuple[list[dict], dict[str, dict[str, tuple[float, float]]]]:
     """Tag sentence dicts (``text``, optional ``target``) with a one-task model or the combined model.
 
@@ -220,14 +235,14 @@ def predict_records(
         return proba
 
     if isinstance(wrapper, TaggerBundle):
-        set_backend([wrapper.topic, wrapper.stance], backend)
+        set_backend([wrapper.topic, wrapper.stance], backend, force_backend)
         topic_proba, stance_proba = score_pair(wrapper.topic, wrapper.stance, frame)
         records = tag_records(
             wrapper.topic, wrapper.stance, scores(wrapper.topic, topic_proba), scores(wrapper.stance, stance_proba)
         )
     else:
         classifier = wrapper.classifier
-        set_backend([classifier], backend)
+        set_backend([classifier], backend, force_backend)
         records = classifier_records(classifier, scores(classifier, classifier.predict_proba(frame)))
         if classifier.multilabel:
             with_target = rows  # a topic model reads no target: none is echoed

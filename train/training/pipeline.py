@@ -177,6 +177,8 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
                 )
                 mlflow.log_metric("train_seconds", time.perf_counter() - start)
                 mlflow.log_metrics(model.model_info())
+            if len(model.backends) > 1:
+                check_parity(model, [dev_part, *eval_sets.values()])
             with step("evaluating"):
                 results = evaluate_all(config, model, [("dev", dev_part), *eval_sets.items()], train_labels, workdir)
             confidence = f"{config.evaluation.confidence:.0%} bootstrap intervals"
@@ -196,6 +198,26 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return run.info.run_id
+
+
+def check_parity(model: TextClassifier, parts: list[LabelledData]) -> None:
+    """Each inference backend against the reference one on the held-out sentences (dev and the
+    evaluation sets): label agreement, score differences and speed, logged as ``parity/<backend>/*``
+    and kept with the model (``--backend auto`` and the refusal below 99% read them)."""
+    frame = pd.concat([part.inputs for part in parts if len(part)], ignore_index=True)
+    if frame.empty:
+        return
+    with step(f"checking backend parity on {len(frame)} held-out sentences"):
+        measured = model.measure_parity(frame)
+    for backend, figures in measured.items():
+        mlflow.log_metrics({f"parity/{backend}/{name}": value for name, value in figures.items()})
+        log.info(
+            "backend %s: %.1f%% same labels, max score difference %.4f, %.0f sentences/s",
+            backend,
+            100 * figures["agreement"],
+            figures["max_abs_diff"],
+            figures["sentences_per_second"],
+        )
 
 
 def run_tags(config: Config, config_path, prepared: Prepared, workdir: Path) -> dict[str, str]:
