@@ -8,6 +8,7 @@ SPARK_STAMP := $(VENV)/.spark-stamp
 DEMO_CONFIGS := configs/topic/tfidf_logreg.yaml configs/topic/tfidf_svm.yaml \
                 configs/stance/tfidf_logreg.yaml configs/stance/tfidf_svm.yaml
 FULL_CONFIGS := $(DEMO_CONFIGS) configs/topic/minilm_embed_logreg.yaml configs/stance/minilm_embed_logreg.yaml \
+                configs/topic/static_logreg.yaml configs/stance/static_logreg.yaml \
                 configs/topic/minilm_finetune.yaml configs/stance/minilm_finetune.yaml
 UI_PORT ?= 5000
 export HF_HUB_OFFLINE := 1

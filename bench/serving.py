@@ -175,7 +175,7 @@ def start_tagger(topic_run: str, stance_run: str, env: dict, backend: str | None
         f"runs:/{topic_run}/model",
         "--stance-model",
         f"runs:/{stance_run}/model",
-        *(["--backend", backend] if backend else []),
+        *(["--backend", backend, "--force-backend"] if backend else []),
     ]
     return Server(command, "/readyz", env)
 
@@ -197,16 +197,18 @@ def save_bundle(topic_run: str, stance_run: str, folder: Path) -> Path:
 
 
 def load_shapes(
-    server: Server, path: str, bodies, requests: int, concurrency: int, with_open_loop: bool = True
+    server: Server, path: str, bodies, requests: int, concurrency: int, open_loop_rate: float | None = 50.0
 ) -> dict:
-    """Open loop at 50 requests/s (optional), then one- and 20-sentence requests at fixed concurrency; stops
-    ``server`` afterwards."""
+    """Open loop at ``open_loop_rate`` requests/s (none: skipped), then one- and 20-sentence requests at
+    fixed concurrency; stops ``server`` afterwards."""
     url = server.base + path
     try:
         asyncio.run(closed_loop(url, bodies(50, 1), 2))  # warm-up
         shapes = {}
-        if with_open_loop:
-            shapes["one_sentence_at_50_rps"] = asyncio.run(open_loop(url, bodies(max(500, requests // 2), 1), 50.0))
+        if open_loop_rate:
+            shapes[f"one_sentence_at_{open_loop_rate:g}_rps"] = asyncio.run(
+                open_loop(url, bodies(max(500, requests // 2), 1), open_loop_rate)
+            )
         shapes["one_sentence"] = asyncio.run(closed_loop(url, bodies(requests, 1), concurrency))
         shapes["twenty_sentences"] = asyncio.run(closed_loop(url, bodies(max(20, requests // 4), 20), concurrency))
         return shapes
@@ -214,25 +216,31 @@ def load_shapes(
         server.stop()
 
 
-def bench_model(topic_run: str, stance_run: str, requests: int, concurrency: int, quantised: bool = False) -> dict:
-    """``tagger serve`` and ``mlflow models serve`` on the same topic + stance models, one after the other."""
+def bench_model(
+    topic_run: str,
+    stance_run: str,
+    requests: int,
+    concurrency: int,
+    quantised: bool = False,
+    open_loop_rate: float = 50.0,
+) -> dict:
+    """``tagger serve`` (its default ``--backend auto``) and ``mlflow models serve`` on the same topic +
+    stance models, one after the other."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     results: dict = {"topic_run": topic_run, "stance_run": stance_run}
     tagger = start_tagger(topic_run, stance_run, env)
-    results["tagger_serve"] = load_shapes(tagger, "/v1/tag", tagger_bodies, requests, concurrency)
+    results["tagger_serve"] = load_shapes(tagger, "/v1/tag", tagger_bodies, requests, concurrency, open_loop_rate)
     with tempfile.TemporaryDirectory(prefix="tagger-bench-bundle-") as tmp:
         bundle = save_bundle(topic_run, stance_run, Path(tmp))
         command = ["mlflow", "models", "serve", "-m", str(bundle), "--env-manager", "local", "--host", "127.0.0.1"]
         mlflow_server = Server(command, "/ping", env)
         results["mlflow_models_serve"] = load_shapes(
-            mlflow_server, "/invocations", mlflow_bodies, requests, concurrency
+            mlflow_server, "/invocations", mlflow_bodies, requests, concurrency, open_loop_rate
         )
     if quantised:
-        # not the same model (int8 weights, scores within 0.1), so reported beside the comparison, not in it
+        # int8 weights, forced whatever its parity: reported beside the comparison, not in it
         int8 = start_tagger(topic_run, stance_run, env, backend="onnx-int8")
-        results["tagger_serve_onnx_int8"] = load_shapes(
-            int8, "/v1/tag", tagger_bodies, requests, concurrency, with_open_loop=False
-        )
+        results["tagger_serve_onnx_int8"] = load_shapes(int8, "/v1/tag", tagger_bodies, requests, concurrency, None)
     results["throughput_vs_mlflow_serve"] = {
         shape: round(
             results["tagger_serve"][shape]["throughput_rps"] / results["mlflow_models_serve"][shape]["throughput_rps"],
@@ -286,9 +294,10 @@ def main() -> None:
         "tfidf": bench_model(tfidf_topic, tfidf_stance, args.requests, args.concurrency),
     }
     transformer_topic = best_run("topic", ("transformer",))
+    transformer_stance = best_run("stance", ("transformer",)) or tfidf_stance
     if transformer_topic:
         results["transformer"] = bench_model(
-            transformer_topic, tfidf_stance, args.requests // 4, args.concurrency, quantised=True
+            transformer_topic, transformer_stance, args.requests // 4, args.concurrency, True, open_loop_rate=20.0
         )
     else:
         results["transformer"] = {"skipped": "no full transformer topic run: run make demo-full first"}

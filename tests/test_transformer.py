@@ -52,6 +52,28 @@ def test_tiny_finetune_is_tracked(tiny_run):
     history = mlflow.MlflowClient().get_metric_history(tiny_run, "train/loss")
     assert len(history) >= 3 and [m.step for m in history] == sorted(m.step for m in history)
     assert mlflow.MlflowClient().get_metric_history(tiny_run, "dev/epoch_f1_macro")
+    assert all(m.value > 0 for m in mlflow.MlflowClient().get_metric_history(tiny_run, "train/epoch_seconds"))
+
+
+def test_early_stopping_keeps_the_best_epoch_in_memory():
+    """Dev F1 0.5, 0.7, 0.6 with patience 1: training stops after the third epoch, with the second's weights."""
+    import torch
+    from transformers import TrainerControl
+
+    from train.models.transformer import _KeepBest
+
+    model = torch.nn.Linear(2, 1)
+    keep = _KeepBest(patience=1)
+    weights = {}
+    for epoch, score in enumerate([0.5, 0.7, 0.6]):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        weights[epoch] = model.weight.clone()
+        control = TrainerControl()
+        keep.on_evaluate(None, None, control, metrics={"eval_f1_macro": score}, model=model)
+        assert control.should_training_stop == (epoch == 2)
+    keep.on_train_end(None, None, TrainerControl(), model=model)
+    assert torch.equal(model.weight, weights[1])
 
 
 def test_reload_in_fresh_process_predicts_identically(tiny_run, tmp_path):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ def quantize(source: Path, target: Path) -> Path:
 
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.WARNING)  # the quantiser logs one INFO line per tensor
+    root.setLevel(logging.ERROR)  # the quantiser logs a line per tensor, and advice on pre-processing
     try:
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
     finally:
@@ -84,7 +86,6 @@ class TransformerClassifier(TextClassifier):
         from transformers import (
             AutoModelForSequenceClassification,
             DataCollatorWithPadding,
-            EarlyStoppingCallback,
             TrainingArguments,
             set_seed,
         )
@@ -103,14 +104,19 @@ class TransformerClassifier(TextClassifier):
         )
 
         def dataset(X_part, Y_part) -> Dataset:
+            """Tokenised once (not per epoch), with each sentence's length for length-grouped batches."""
             encoded = dict(self._tokenize(X_part))
             encoded["labels"] = Y_part.astype(np.float32) if self.multilabel else Y_part.astype(np.int64)
+            encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
             return Dataset.from_dict(encoded)
 
         train_set = dataset(X, Y)
         dev_set = dataset(X_dev, Y_dev) if X_dev is not None and len(X_dev) else None
+        if dev_set is not None:  # evaluated in length order: little padding (metrics do not depend on order)
+            dev_set = dev_set.sort("length")
         has_dev = dev_set is not None
         stop_early = has_dev and p["early_stopping_patience"] is not None
+        keep_best = _KeepBest(p["early_stopping_patience"]) if stop_early else None
         with tempfile.TemporaryDirectory(prefix="tagger-trainer-") as out:
             args = TrainingArguments(
                 output_dir=out,
@@ -123,12 +129,9 @@ class TransformerClassifier(TextClassifier):
                 weight_decay=p["weight_decay"],
                 warmup_steps=p["warmup_ratio"],
                 eval_strategy="epoch" if has_dev else "no",
-                save_strategy="epoch" if stop_early else "no",
-                save_total_limit=2,
-                save_only_model=True,
-                load_best_model_at_end=stop_early,
-                metric_for_best_model="f1_macro",
-                greater_is_better=True,
+                save_strategy="no",  # the best weights are kept in memory (_KeepBest), not written per epoch
+                train_sampling_strategy="group_by_length",  # dynamic padding wastes little in batches of like length
+                length_column_name="length",
                 logging_steps=p["logging_steps"],
                 report_to="none",
                 seed=self.seed,
@@ -143,8 +146,7 @@ class TransformerClassifier(TextClassifier):
                 eval_dataset=dev_set,
                 data_collator=DataCollatorWithPadding(self.tokenizer_),
                 compute_metrics=lambda pred: {"f1_macro": _macro_f1(pred.predictions, pred.label_ids, self.multilabel)},
-                callbacks=[_MlflowCurves()]
-                + ([EarlyStoppingCallback(p["early_stopping_patience"])] if stop_early else []),
+                callbacks=[_MlflowCurves(), *([keep_best] if keep_best else [])],
             )
             # progress goes to the log (stderr) through _MlflowCurves, not tqdm bars or printed dicts on stdout
             trainer.remove_callback(PrinterCallback)
@@ -203,16 +205,18 @@ class TransformerClassifier(TextClassifier):
         axes = {n: {0: "batch", 1: "sequence"} for n in names}
         axes["logits"] = {0: "batch"}
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.onnx.export(
-            self.model_,
-            tuple(sample[n] for n in names),
-            str(path),
-            input_names=names,
-            output_names=["logits"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
+        with warnings.catch_warnings():  # tracer notes on the exporter's own handling of BERT's ops
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                self.model_,
+                tuple(sample[n] for n in names),
+                str(path),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=axes,
+                opset_version=17,
+                dynamo=False,
+            )
         return path
 
     def _session(self, backend: str):
@@ -289,8 +293,49 @@ class _WeightedTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+class _KeepBest(TrainerCallback):
+    """Early stopping on dev macro F1 that keeps the best weights in memory and restores them at the end
+    (the stock route writes a checkpoint to disk every epoch to do the same)."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best: float | None = None
+        self.best_state: dict | None = None
+        self.waited = 0
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        score = (metrics or {}).get("eval_f1_macro")
+        if score is None or model is None:
+            return
+        if self.best is None or score > self.best:
+            self.best, self.waited = score, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.waited += 1
+            if self.waited >= self.patience:
+                control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.best_state is not None and model is not None:
+            model.load_state_dict(self.best_state)
+            log.info("kept the weights of the best epoch (dev macro F1 %.4f)", self.best)
+
+
 class _MlflowCurves(TrainerCallback):
-    """Training loss and dev macro F1 as MLflow metric histories (the UI draws learning curves)."""
+    """Training loss, dev macro F1 and seconds per epoch as MLflow metric histories (learning curves)."""
+
+    epoch_started = 0.0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        import mlflow
+
+        seconds = time.perf_counter() - self.epoch_started
+        log.info("epoch %.0f: %.1f s", state.epoch or 0, seconds)
+        if mlflow.active_run() is not None:
+            mlflow.log_metric("train/epoch_seconds", seconds, step=round(state.epoch or 0))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         import mlflow
