@@ -82,10 +82,11 @@ def quiet_transformers() -> None:
 
 
 def set_threads(threads: int | None) -> None:
+    """PyTorch's intra-op threads: ``threads``, else one per CPU this process may use (its affinity
+    mask, which PyTorch's own default ignores)."""
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> Iterator[np.ndarray]:
