@@ -77,9 +77,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py --output bench/results.json
+	$(PY) bench/int8.py --output bench/int8.json
 	$(PY) bench/selection.py --output bench/selection.json
 	$(PY) bench/tracking.py --output bench/tracking.json
 	$(MAKE) --no-print-directory install-spark && $(PY) bench/batch.py --output bench/batch.json
+	$(PY) bench/batch.py --family static_logreg --engines local --output bench/batch_static.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/serving.py --output bench/serving.json
 
 # concurrent trainings, kill -9, 74 bad inputs and a 5-minute soak with reloads: about 13 minutes

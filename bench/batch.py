@@ -1,6 +1,7 @@
 """Batch-tagging benchmark (``make bench``): ``tagger tag-batch`` on generated sentences, local and Spark, as JSON.
 
-On a throw-away store it trains and promotes the TF-IDF topic and stance configs, writes N generated
+On a throw-away store it trains and promotes the topic and stance configs of ``--family`` (TF-IDF by
+default; ``static_logreg`` for the static-embedding family built for bulk work), writes N generated
 sentences (corpus sentences with numbered variants) to Parquet, then times
 ``tagger tag-batch INPUT OUT --engine local`` and ``--engine spark --master local[2]`` as separate
 processes, recording throughput, Spark's start-up apart, and the peak RSS of each process.
@@ -63,17 +64,21 @@ def main() -> None:
     parser.add_argument("--output", default="bench/batch.json")
     parser.add_argument("--sentences", type=int, default=1_000_000)
     parser.add_argument("--engines", default="local,spark")
+    parser.add_argument(
+        "--family", default="tfidf_logreg", help="Config of each task to train and promote (static_logreg: bulk)."
+    )
     args = parser.parse_args()
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
     with tempfile.TemporaryDirectory(prefix="tagger-batch-bench-") as home:
         env = {**os.environ, "TAGGER_HOME": home, "HF_HUB_OFFLINE": "1"}
         env.pop("MLFLOW_TRACKING_URI", None)
         for task in ("topic", "stance"):
-            tagger(["train", f"configs/{task}/tfidf_logreg.yaml", "--set", "evaluation.bootstrap_samples=0"], env)
+            config = f"configs/{task}/{args.family}.yaml"
+            tagger(["train", config, "--set", "evaluation.bootstrap_samples=0"], env)
             tagger(["promote", "--task", task], env)
         source = Path(home) / "sentences.parquet"
         generate(source, args.sentences)
-        results["input"] = {"sentences": args.sentences, "format": "parquet", "models": "TF-IDF champions"}
+        results["input"] = {"sentences": args.sentences, "format": "parquet", "models": f"{args.family} champions"}
         for engine in args.engines.split(","):
             extra = ["--master", "local[2]"] if engine == "spark" else []
             out = Path(home) / f"out-{engine}"
