@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -40,7 +41,12 @@ def tiny_run(tmp_path_factory):
         "evaluation.bootstrap_samples=50",
     ]
     config = load_config(ROOT / "configs/topic/minilm_finetune.yaml", overrides)
-    return train(config, "configs/topic/minilm_finetune.yaml")
+    exports = Path(tempfile.gettempdir()).glob("tagger-onnx-*")
+    before = set(exports)
+    run_id = train(config, "configs/topic/minilm_finetune.yaml")
+    # the parity check's ONNX exports (about 110 MB) are not left behind
+    assert set(Path(tempfile.gettempdir()).glob("tagger-onnx-*")) == before
+    return run_id
 
 
 def test_tiny_finetune_is_tracked(tiny_run):

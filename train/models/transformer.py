@@ -176,6 +176,19 @@ class TransformerClassifier(TextClassifier):
         self.backend = super().set_backend(backend, force)
         return self.backend
 
+    def measure_parity(self, X) -> dict[str, dict[str, float]]:
+        """As the base class; a model not yet saved exports its ONNX files to a temporary folder,
+        removed afterwards (``save`` writes its own)."""
+        if getattr(self, "onnx_dir_", None):
+            return super().measure_parity(X)
+        with tempfile.TemporaryDirectory(prefix="tagger-onnx-") as folder:
+            self.onnx_dir_ = Path(folder)
+            try:
+                return super().measure_parity(X)
+            finally:
+                self.onnx_dir_ = None
+                self.sessions_ = {}
+
     def _logits_torch(self, batch: dict) -> np.ndarray:
         import torch
 
