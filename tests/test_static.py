@@ -34,3 +34,17 @@ def test_encoder_matches_model2vec(static, threads):
     assert ours.shape == theirs.shape
     assert np.allclose(ours, theirs, atol=1e-3)  # model2vec pools in float16, we in float32
     assert not ours[1].any()
+
+
+def test_encoder_shared_by_threads_gives_each_its_own_answer(static):
+    """Serving threads share one encoder (and its tokenizer pool): every call gets its own sentences' vectors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    encoder = StaticEncoder(static, max_length=64)
+    encoder.threads = 2
+    batches = [[f"Talks on gas exports resumed, round {i}, sentence {j}." for j in range(300)] for i in range(8)]
+    alone = [encoder.encode(batch) for batch in batches]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(encoder.encode, batches))
+    for one, other in zip(alone, together, strict=True):
+        assert np.array_equal(one, other)

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
@@ -81,12 +82,14 @@ class StaticEncoder:
         self.threads = max(1, len(os.sched_getaffinity(0)))  # the CPUs this process may run on
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
+        self._pool_lock = threading.Lock()  # serving threads share one encoder
 
     def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None or self._pool_pid != os.getpid():  # a forked child has no pool threads
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tagger-static")
-            self._pool_pid = os.getpid()
-        return self._pool
+        with self._pool_lock:
+            if self._pool is None or self._pool_pid != os.getpid():  # a forked child has no pool threads
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tagger-static")
+                self._pool_pid = os.getpid()
+            return self._pool
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
         def tokenize(part: list[str]) -> list[list[int]]:
@@ -183,7 +186,7 @@ class StaticLogReg(TextClassifier):
         from model2vec import StaticModel
 
         self.static_ = StaticModel.from_pretrained(str(folder / "static"))
-        self.encoder_ = None
+        self.encoder_ = StaticEncoder(self.static_, self.params["max_length"])  # made once, before serving threads
 
     def model_info(self) -> dict[str, float]:
         embedding = np.asarray(self._static().embedding)
