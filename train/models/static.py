@@ -24,14 +24,11 @@ from itertools import chain
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
-from sklearn.linear_model import LogisticRegression
-from sklearn.multiclass import OneVsRestClassifier
 
-from train.models.base import TextClassifier, mask_actors
 from train.models.encoder import model_key, resolve_encoder, set_threads
 from train.models.params import StaticParams
+from train.models.vector_head import SentenceVectorLogReg
 from train.registry import model_families
 
 log = logging.getLogger("tagger")
@@ -123,53 +120,25 @@ class StaticEncoder:
 
 
 @model_families.register("static_logreg")
-class StaticLogReg(TextClassifier):
+class StaticLogReg(SentenceVectorLogReg):
     """Logistic regression on mean-pooled static token embeddings (model2vec)."""
 
     Params = StaticParams
     requirements = ("model2vec",)
 
-    def __init__(self, task_type: str, labels: list[str], seed: int = 13, **params):
-        super().__init__(task_type, labels, seed)
-        self.params = self.Params(**params).model_dump()
-
     def _static(self):
         if getattr(self, "static_", None) is None:
             p = self.params
             set_threads(p["torch_threads"])
-            cache = p["cache_dir"] or Path(os.environ.get("TAGGER_HOME", ".")) / ".cache" / "static"
-            self.static_ = distilled_model(resolve_encoder(p["name_or_path"]), p["pca_dims"], Path(cache))
+            self.static_ = distilled_model(
+                resolve_encoder(p["name_or_path"]), p["pca_dims"], self._cache_folder("static")
+            )
         return self.static_
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         if getattr(self, "encoder_", None) is None:
             self.encoder_ = StaticEncoder(self._static(), self.params["max_length"])
         return self.encoder_.encode(texts)
-
-    def _features(self, X: pd.DataFrame) -> np.ndarray:
-        texts = X["text"].astype(str).tolist()
-        targets = X["target"].fillna("").astype(str).tolist() if "target" in X.columns else [""] * len(texts)
-        use_target = not self.multilabel and self.params["use_target"] and any(t.strip() for t in targets)
-        if use_target and self.params["mask_target_actors"]:
-            texts = [mask_actors(t, g) for t, g in zip(texts, targets, strict=True)]
-        features = self._encode(texts)
-        if use_target:
-            unique = list(dict.fromkeys(targets))  # a batch has few targets: encode each once
-            vectors = self._encode(unique)
-            index = {target: i for i, target in enumerate(unique)}
-            target_vectors = vectors[[index[t] for t in targets]]
-            features = np.hstack([features, target_vectors, features * target_vectors])
-        return features
-
-    def _fit(self, X, Y, X_dev, Y_dev) -> None:
-        head = LogisticRegression(
-            C=self.params["C"], class_weight=self.params["class_weight"], max_iter=3000, random_state=self.seed
-        )
-        self.head_ = OneVsRestClassifier(head) if self.multilabel else head
-        self.head_.fit(self._features(X), Y)
-
-    def _scores(self, X: pd.DataFrame) -> np.ndarray:
-        return self.head_.predict_proba(self._features(X))
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -1,0 +1,62 @@
+"""A logistic-regression head on sentence vectors, shared by the embedding families.
+
+``embedding_logreg`` (frozen encoder) and ``static_logreg`` (static token vectors) differ only in how
+a list of texts becomes vectors (``_encode``); the features and the head are the same. For stance
+the target's vector and the element-wise product are concatenated to the sentence's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
+
+from train.models.base import TextClassifier, mask_actors
+
+
+class SentenceVectorLogReg(TextClassifier):
+    """Base of families that encode sentences to vectors and fit a logistic-regression head on them.
+
+    Subclasses set ``Params`` (with ``C``, ``class_weight``, ``use_target``, ``mask_target_actors``,
+    ``cache_dir``) and implement ``_encode``.
+    """
+
+    def __init__(self, task_type: str, labels: list[str], seed: int = 13, **params):
+        super().__init__(task_type, labels, seed)
+        self.params = self.Params(**params).model_dump()
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _cache_folder(self, kind: str) -> Path:
+        """``cache_dir``, else ``$TAGGER_HOME/.cache/<kind>`` (``./.cache/<kind>`` without TAGGER_HOME)."""
+        return Path(self.params["cache_dir"] or Path(os.environ.get("TAGGER_HOME", ".")) / ".cache" / kind)
+
+    def _features(self, X: pd.DataFrame) -> np.ndarray:
+        texts = X["text"].astype(str).tolist()
+        targets = X["target"].fillna("").astype(str).tolist() if "target" in X.columns else [""] * len(texts)
+        use_target = not self.multilabel and self.params["use_target"] and any(t.strip() for t in targets)
+        if use_target and self.params["mask_target_actors"]:
+            texts = [mask_actors(t, g) for t, g in zip(texts, targets, strict=True)]
+        features = self._encode(texts)
+        if use_target:
+            unique = list(dict.fromkeys(targets))  # a batch has few targets: encode each once
+            vectors = self._encode(unique)
+            index = {target: i for i, target in enumerate(unique)}
+            target_vectors = vectors[[index[t] for t in targets]]
+            features = np.hstack([features, target_vectors, features * target_vectors])
+        return features
+
+    def _fit(self, X, Y, X_dev, Y_dev) -> None:
+        head = LogisticRegression(
+            C=self.params["C"], class_weight=self.params["class_weight"], max_iter=3000, random_state=self.seed
+        )
+        self.head_ = OneVsRestClassifier(head) if self.multilabel else head
+        self.head_.fit(self._features(X), Y)
+
+    def _scores(self, X: pd.DataFrame) -> np.ndarray:
+        return self.head_.predict_proba(self._features(X))
