@@ -189,7 +189,7 @@ def evaluate(
 ) -> None:
     """Evaluate MODEL on a labelled file and print its metrics (rounded to 4 decimals)."""
     from train.evaluation.evaluate import evaluate_model
-    from train.inputs import check_writable_file, check_writable_folder
+    from train.inputs import check_writable_file, check_writable_folder, write_text_file
 
     if output:
         check_writable_file(output, "--output")
@@ -200,9 +200,12 @@ def evaluate(
         log.warning(warning)
     text = json.dumps(report, indent=2)
     if output:
-        Path(output).write_text(text + "\n", encoding="utf-8")
+        write_text_file(output, text + "\n", "--output")
     if report_dir:
-        result.write(Path(report_dir))
+        try:
+            result.write(Path(report_dir))
+        except OSError as exc:
+            raise TaggerError(f"--report-dir {report_dir}: cannot write the report ({exc.strerror})") from None
     click.echo(text)
 
 
@@ -215,7 +218,7 @@ def evaluate(
     help="Metric to sort by (validation/f1_macro: CV mean where a run has one, else dev).",
 )
 @click.option("--experiment", default=None, help="Experiment name (default: tagger-<task>).")
-@click.option("--limit", default=20, show_default=True, help="How many runs to show.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1), help="How many runs to show.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines instead of a table.")
 @click.option(
     "--all", "every_status", is_flag=True, help="Also runs that are running, failed, killed or have no model."
@@ -260,7 +263,10 @@ def compare(run_a: str, run_b: str, set_name: str, metric: str, samples: int, as
 def split_seeds(seeds_dir: str, output: str) -> None:
     """Split the seed articles into sentences (id, doc_id, index, offsets, text)."""
     from train.data.sentences import split_files
+    from train.inputs import check_writable_file, write_text_file
 
+    if output != "-":
+        check_writable_file(output, "--output")
     paths = sorted(Path(seeds_dir).glob("*.txt"))
     if not paths:
         raise TaggerError(f"{seeds_dir}: no .txt articles found")
@@ -273,7 +279,7 @@ def split_seeds(seeds_dir: str, output: str) -> None:
     if output == "-":
         click.echo(text, nl=False)
     else:
-        Path(output).write_text(text, encoding="utf-8")
+        write_text_file(output, text, "--output")
         log.info("wrote %d sentences from %d articles to %s", len(lines), len(paths), output)
 
 
@@ -395,8 +401,10 @@ def tag_batch(source, output, engine, master, model, text_column, target_column,
 def export(task: str, alias: str, out: str) -> None:
     """Write a self-contained MLflow model folder that 'tagger serve' and 'mlflow' load without the registry."""
     from train.domain import registered_name
+    from train.inputs import check_writable_folder
     from train.tracking.packaging import export_model
 
+    check_writable_folder(out, "--out")
     click.echo(str(export_model(registered_name(task), alias, Path(out))))
 
 

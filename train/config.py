@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import codecs
 import difflib
+import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,13 +19,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from train.domain import experiment_name
 from train.errors import TaggerError
+from train.inputs import load_yaml
 
 PACKAGE_ROOT = Path(__file__).resolve().parent  # the ``train`` package, logged with every model as code
 PROJECT_ROOT = PACKAGE_ROOT.parent
 
 
+SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are unsigned 32-bit
+MAX_BOOTSTRAP_SAMPLES = 100_000
+CONFIG_SUFFIXES = (".yaml", ".yml")
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Columns(_Strict):
@@ -37,11 +46,21 @@ class Columns(_Strict):
 
 
 def _known_encoding(value: str | None) -> str | None:
+    """A text encoding Python knows (not a bytes-to-bytes codec such as rot13, base64 or zlib)."""
     if value is not None:
         try:
-            codecs.lookup(value)
+            info = codecs.lookup(value)
         except LookupError:
-            raise ValueError(f"unknown text encoding '{value}' (e.g. utf-8, latin-1, cp1252)") from None
+            info = None
+        if info is None or not getattr(info, "_is_text_encoding", True):
+            raise ValueError(f"unknown text encoding '{value}' (e.g. utf-8, latin-1, cp1252)")
+    return value
+
+
+def _label_map_keys(value: Any) -> Any:
+    """YAML reads ``{0: against}`` with an integer key: dataset labels are compared as text."""
+    if isinstance(value, dict):
+        return {str(k) if isinstance(k, int | float | bool) else k: v for k, v in value.items()}
     return value
 
 
@@ -58,13 +77,14 @@ class DataConfig(_Strict):
     max_text_chars: int = Field(10_000, ge=1)
 
     _encoding = field_validator("encoding")(_known_encoding)
+    _label_map = field_validator("label_map", mode="before")(_label_map_keys)
 
 
 class SplitConfig(_Strict):
-    dev_fraction: float = Field(0.2, gt=0, lt=1)
+    dev_fraction: float = Field(0.2, gt=0, le=0.5)
     stratify: bool = True
     group_by_column: bool = True
-    seed: int = 13
+    seed: int = Field(13, ge=0, le=SEED_MAX)
     folds: int = Field(5, ge=2, le=50)  # for `tagger cv`
     repeats: int = Field(1, ge=1, le=20)
 
@@ -92,6 +112,7 @@ class EvalSet(_Strict):
     default_target: str | None = None
 
     _encoding = field_validator("encoding")(_known_encoding)
+    _label_map = field_validator("label_map", mode="before")(_label_map_keys)
 
     @field_validator("name")
     @classmethod
@@ -103,7 +124,7 @@ class EvalSet(_Strict):
 
 class EvaluationConfig(_Strict):
     sets: list[EvalSet] = Field(default_factory=list)
-    bootstrap_samples: int = Field(1000, ge=0)
+    bootstrap_samples: int = Field(1000, ge=0, le=MAX_BOOTSTRAP_SAMPLES)
     confidence: float = Field(0.95, gt=0, lt=1)
 
 
@@ -113,11 +134,42 @@ class TrackingConfig(_Strict):
     run_name: str | None = None
     log_model: bool = True
 
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        problem = tracking_uri_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+def tracking_uri_problem(uri: str | None) -> str | None:
+    """Why MLflow could not use ``uri`` as a tracking store (an unknown scheme), else None."""
+    if not uri or ":" not in uri:
+        return None  # a plain path
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if len(scheme) > 1 and scheme not in TRACKING_SCHEMES:  # one letter: a Windows drive
+        return f"unknown tracking URI scheme '{scheme}:' (use {', '.join(TRACKING_SCHEMES)})"
+    return None
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # names that become experiment, study and folder names
+
 
 class TaskConfig(_Strict):
     name: str
     type: Literal["multilabel", "multiclass"]
     labels: list[str]
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.match(NAME_PATTERN, value):
+            raise ValueError(
+                "use up to 64 letters, digits, '.', '-' or '_', starting with a letter or digit "
+                "(it names the experiment, the registered model and sweep folders)"
+            )
+        return value
 
     @field_validator("labels")
     @classmethod
@@ -138,7 +190,7 @@ class Config(_Strict):
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    seed: int = 13
+    seed: int = Field(13, ge=0, le=SEED_MAX)
 
     @model_validator(mode="after")
     def _check_model_family(self) -> Config:
@@ -175,15 +227,11 @@ def _deep_merge(base: dict, override: dict) -> dict:
 
 
 def _read_yaml(path: Path) -> dict:
-    from train.inputs import read_utf8
+    from train.inputs import read_yaml
 
-    text = read_utf8(path, "config file")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise TaggerError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if path.suffix.lower() not in CONFIG_SUFFIXES:
+        raise TaggerError(f"{path}: a config file must end in .yaml or .yml")
+    data = read_yaml(path, "config file")
     if data is None:
         raise TaggerError(f"{path}: config file is empty")
     if not isinstance(data, dict):
@@ -224,10 +272,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node[part] = dict(child)
             node = node[part]
         try:
-            node[parts[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise TaggerError(f"--set {item!r}: cannot parse the value as YAML: {problem}") from None
+            node[parts[-1]] = load_yaml(value, f"--set {item!r}")
+        except TaggerError as exc:
+            raise TaggerError(
+                f"--set {item!r}: cannot parse the value as YAML: {str(exc).split(': ', 2)[-1]}"
+            ) from None
     return raw
 
 
@@ -271,8 +320,8 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
         elif err["type"] == "missing":
             lines.append(f"missing required key '{path}'")
         else:
-            got = err.get("input")
-            lines.append(f"'{path}': {err['msg']} (got {got!r})")
+            got = reprlib.repr(err.get("input"))  # short: a value is shown, never a whole file or expansion
+            lines.append(f"'{path}': {err['msg']} (got {got})")
     return "; ".join(lines)
 
 

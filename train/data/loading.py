@@ -11,6 +11,7 @@ import codecs
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import pandas as pd
 
 from train.data.sentences import is_blank
 from train.errors import TaggerError
+from train.inputs import MAX_DATA_BYTES, check_user_file, read_user_file
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
 
 def _check_text_file(path: Path, fmt: str, encoding: str = "utf-8") -> list[int]:
     """Check the encoding and (for JSONL) each line's JSON; return the line number of each record."""
-    raw = path.read_bytes()
+    raw = read_user_file(path, "data file", MAX_DATA_BYTES)
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
@@ -103,18 +105,38 @@ def _check_text_file(path: Path, fmt: str, encoding: str = "utf-8") -> list[int]
             raise TaggerError(f"{path} line {number}: invalid JSON: {exc.msg}") from None
         if not isinstance(value, dict):
             raise TaggerError(f"{path} line {number}: expected a JSON object, got {type(value).__name__}")
+        problem = _json_value_problem(value)
+        if problem:
+            raise TaggerError(f"{path} line {number}: {problem}")
         record_lines.append(number)
     return record_lines
+
+
+MAX_JSON_DEPTH = 32
+
+
+def _json_value_problem(value, depth: int = 0) -> str | None:
+    """Why a parsed JSON record cannot be stored (a lone surrogate, nesting too deep), else None."""
+    if depth > MAX_JSON_DEPTH:
+        return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"a lone surrogate (\\u{ord(value[exc.start]):04x}) in a string: not valid Unicode text"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        problem = _json_value_problem(key, depth + 1) or _json_value_problem(item, depth + 1)
+        if problem:
+            return problem
+    return None
 
 
 def read_table(path: Path, fmt: str = "auto", encoding: str = "utf-8") -> tuple[pd.DataFrame, list[int]]:
     """Read a file into a DataFrame through ``datasets``; also return each row's line number."""
     path = Path(path)
-    if not path.exists():
-        raise TaggerError(f"{path}: file not found")
-    if path.is_dir():
-        raise TaggerError(f"{path}: is a directory, expected a data file")
-    if path.stat().st_size == 0:
+    if check_user_file(path, "data file", MAX_DATA_BYTES) == 0:
         raise TaggerError(f"{path}: file is empty")
     fmt = detect_format(path, fmt)
     lines = _check_text_file(path, fmt, encoding) if fmt != "parquet" else []
@@ -153,6 +175,17 @@ def _reason(exc: BaseException) -> str:
     while exc.__cause__ is not None or exc.__context__ is not None:
         exc = exc.__cause__ or exc.__context__
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+COLUMN_NAME = re.compile(r"^[\w .()/-]{1,64}$")
+
+
+def _columns_found(columns) -> str:
+    """The file's column names, when its header looks like one; a header that does not is not echoed."""
+    names = [str(c) for c in columns]
+    if len(names) <= 100 and all(COLUMN_NAME.match(n) for n in names):
+        return f"columns: {', '.join(names)}"
+    return "its first row does not look like a header of column names"
 
 
 def _label_list(value, separator: str | None) -> list:
@@ -206,8 +239,7 @@ def load_labelled(
             if len(frame.columns) == 1 and any(sep in str(frame.columns[0]) for sep in "\t;|"):
                 hint += "; the file seems to use another delimiter (set format: tsv for tab-separated files)"
             raise TaggerError(
-                f"{path}: missing column '{column}' (columns: {', '.join(map(str, frame.columns))}); "
-                f"map it with columns.{key}{hint}"
+                f"{path}: missing column '{column}' ({_columns_found(frame.columns)}); map it with columns.{key}{hint}"
             )
 
     def where(i: int, record_id=None) -> str:
@@ -216,6 +248,11 @@ def load_labelled(
         return f"{path} {unit} {lines[i]}{ident}"
 
     def to_schema(raw, i, record_id) -> str:
+        if not isinstance(raw, str | int | bool | float) or (isinstance(raw, float) and pd.isna(raw)):
+            raise TaggerError(
+                f"{where(i, record_id)}: a label must be a string, got {type(raw).__name__} "
+                "(labels are a string or a flat list of strings)"
+            )
         mapped = label_map.get(str(raw), raw)
         if mapped not in schema:
             raise TaggerError(

@@ -7,9 +7,13 @@ classifier together (registered as ``tagger``). Both keep the classifier's own f
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import unquote
 
 import mlflow
 import mlflow.pyfunc
@@ -22,6 +26,7 @@ from train.models.base import TextClassifier
 from train.outputs import classifier_frame, model_inputs, score_pair, tag_frame
 
 ARTIFACT_KEY = "classifier"
+log = logging.getLogger("tagger")
 
 
 class TaggerModel(mlflow.pyfunc.PythonModel):
@@ -59,14 +64,23 @@ class TaggerBundle(mlflow.pyfunc.PythonModel):
         return tag_frame(self.topic, self.stance, *score_pair(self.topic, self.stance, frame))
 
 
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
 def model_uri(reference: str) -> str:
     """A run id, ``runs:/``/``models:/`` URI or local folder → an MLflow model URI.
 
     A logged model is a pickle: loading it runs its code. So models come only from the configured
-    tracking store (run ids, ``runs:/``, ``models:/``) or from a local folder the user names; other
-    URIs (``http://``, ``s3://``, ...) are refused.
+    tracking store (run ids, ``runs:/``, ``models:/``) or from a local model folder the user names;
+    other URIs (``http://``, ``s3://``, ...) and any ``..`` are refused.
     """
     if reference.startswith(("runs:/", "models:/")):
+        scheme, _, rest = reference.partition(":/")
+        parts = unquote(rest).replace("\\", "/").split("/")
+        if any(part in ("..", ".") for part in parts):
+            raise TaggerError(f"model '{reference}': '..' and '.' are not allowed in a model URI")
+        if scheme == "runs" and not RUN_ID.match(parts[0]):
+            raise TaggerError(f"model '{reference}': expected runs:/<32-character run id>/<artifact path>")
         return reference
     if "://" in reference:
         raise TaggerError(
@@ -74,13 +88,57 @@ def model_uri(reference: str) -> str:
             "or a local model folder are accepted"
         )
     path = Path(reference)
+    if ".." in path.parts:
+        raise TaggerError(f"model '{reference}': '..' is not allowed; name the model folder itself")
     if path.exists():
-        if not (path / "MLmodel").exists():
+        if not path.is_dir() or not (path / "MLmodel").is_file():
             raise TaggerError(f"{path}: not an MLflow model folder (no MLmodel file)")
         return str(path.resolve())
-    if len(reference) == 32 and all(c in "0123456789abcdef" for c in reference):
+    if RUN_ID.match(reference):
         return f"runs:/{reference}/model"
     raise TaggerError(f"model '{reference}': not a run id, models:/ or runs:/ URI, or a model folder")
+
+
+def artifact_roots() -> list[Path]:
+    """Local folders the tracking store keeps artifacts in: ``mlartifacts/`` and each local experiment location."""
+    from urllib.parse import urlsplit
+
+    from train.tracking import store
+
+    roots = [store.home() / "mlartifacts"]
+    try:
+        experiments = mlflow.MlflowClient().search_experiments(view_type=mlflow.entities.ViewType.ALL)
+    except Exception:  # noqa: BLE001 - a store that cannot list experiments has no local roots to add
+        experiments = []
+    for experiment in experiments:
+        location = experiment.artifact_location or ""
+        parts = urlsplit(location)
+        if parts.scheme in ("", "file"):
+            roots.append(Path(unquote(parts.path) if parts.scheme else location))
+    return [Path(os.path.realpath(root)) for root in roots]
+
+
+def check_in_store(uri: str) -> str:
+    """Where ``runs:/``/``models:/`` ``uri`` lives; a local location outside the store's artifact roots is refused."""
+    from urllib.parse import urlsplit
+
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    try:
+        if uri.startswith("runs:/"):
+            underlying = RunsArtifactRepository.get_underlying_uri(uri)
+        else:
+            underlying = ModelsArtifactRepository.get_underlying_uri(uri)
+    except Exception:  # noqa: BLE001 - an unknown run or model: the load reports it
+        return uri
+    parts = urlsplit(underlying)
+    if parts.scheme not in ("", "file"):
+        return underlying  # a tracking server's proxied artifacts, or a remote store the server chose
+    local = Path(os.path.realpath(unquote(parts.path) if parts.scheme else underlying))
+    if not any(local.is_relative_to(root) for root in artifact_roots()):
+        raise TaggerError(f"model '{uri}': resolves to {local}, outside the tracking store's artifact folders")
+    return str(local)
 
 
 _LOAD_LOCK = threading.Lock()
@@ -104,6 +162,14 @@ def load_pyfunc(uri: str):
 def load_wrapper(reference: str) -> TaggerModel | TaggerBundle:
     """The tagger pyfunc behind a model reference: one classifier, or the combined topic + stance model."""
     uri = model_uri(reference)
+    source = uri
+    if uri.startswith(("runs:/", "models:/")):
+        from train.tracking import store
+
+        if not mlflow.is_tracking_uri_set():
+            store.setup()  # the configured store: MLFLOW_TRACKING_URI, else the embedded one
+        source = check_in_store(uri)
+    log.info("loading model %s from %s (a model folder is code: load only models you trust)", reference, source)
     try:
         loaded = load_pyfunc(uri)
     except Exception as exc:  # MLflow raises several types for a bad reference

@@ -18,13 +18,16 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 
-from train.config import PROJECT_ROOT
+from train.config import PROJECT_ROOT, tracking_uri_problem
 from train.errors import TaggerError
 
 log = logging.getLogger("tagger")
@@ -110,6 +113,9 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 def setup(configured_uri: str | None = None, experiment: str | None = None) -> str:
     """Point MLflow at the store (and registry), create its schema once, and make sure ``experiment`` exists."""
     uri = tracking_uri(configured_uri)
+    problem = tracking_uri_problem(uri)
+    if problem:
+        raise TaggerError(f"tracking store {redact(uri)}: {problem}; check MLFLOW_TRACKING_URI or tracking.uri")
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -146,6 +152,52 @@ def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def lock_is_shared(url: str) -> bool:
+    """Whether ``storage_lock`` excludes every other process using ``url`` (SQLite file, PostgreSQL)."""
+    return sqlite_path(url) is not None or url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
+@contextmanager
+def storage_lock(url: str, name: str, timeout: float = 300) -> Iterator[None]:
+    """A lock that every process using the storage ``url`` shares, on any machine that reaches it.
+
+    SQLite: a file lock beside the database (``<db>.<name>.lock``). PostgreSQL: a session-level
+    advisory lock in the database itself, released by the server when the holder dies. Other stores
+    (a tracking server over HTTP): no lock. Waiting over ``timeout`` seconds is a ``TaggerError``.
+    """
+    path = sqlite_path(url)
+    if path is not None:
+        from filelock import FileLock, Timeout
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{path}.{name}.lock", timeout=timeout)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise TaggerError(f"{lock.lock_file} is held by another process for over {timeout:.0f} s") from None
+        try:
+            yield
+        finally:
+            lock.release()
+    elif lock_is_shared(url):
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        key = zlib.crc32(f"tagger.{name}".encode()) & 0x7FFFFFFF
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text("select pg_advisory_lock(:key)"), {"key": key})
+                try:
+                    yield
+                finally:
+                    connection.execute(sqlalchemy.text("select pg_advisory_unlock(:key)"), {"key": key})
+        finally:
+            engine.dispose()
+    else:
+        yield
 
 
 def initialize_store(uri: str) -> None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import difflib
 import json
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from train.config import Config, apply_overrides, format_validation_error, load_raw, validate
@@ -31,7 +31,7 @@ SWEEPABLE = ("model.", "decision.")  # a trial changes the model, never its data
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # bounds are finite numbers
 
 
 class FloatRange(_Strict):
@@ -114,12 +114,9 @@ class Space(_Strict):
 def load_space(path: str | Path) -> Space:
     """Read and validate a space file; every problem is one line naming the file and key."""
     path = Path(path)
-    from train.inputs import read_utf8
+    from train.inputs import read_yaml
 
-    try:
-        raw = yaml.safe_load(read_utf8(path, "space file"))
-    except yaml.YAMLError as exc:
-        raise TaggerError(f"{path}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    raw = read_yaml(path, "space file")
     if not isinstance(raw, dict):
         raise TaggerError(f"{path}: a space must be a mapping with a 'params' section")
     try:
@@ -138,8 +135,10 @@ def _space_errors(exc: ValidationError) -> str:
             lines.append(f"'{path}': type must be float, int or categorical")
         elif err["type"] == "value_error":
             lines.append(f"'{path}': {err['ctx']['error']}")
-        else:
+        elif err["type"] in ("extra_forbidden", "missing"):
             lines.append(format_validation_error(ValidationError.from_exception_data("", [err]), Space))
+        else:
+            lines.append(f"'{path}': {err['msg']} (got {reprlib.repr(err.get('input'))})")
     return "; ".join(lines)
 
 

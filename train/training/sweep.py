@@ -24,6 +24,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -42,8 +43,9 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from train.config import PROJECT_ROOT, apply_overrides, dump_config, load_config
+from train.config import NAME_PATTERN, PROJECT_ROOT, apply_overrides, dump_config, load_config
 from train.errors import TaggerError
+from train.inputs import check_writable_folder
 from train.registry import build_model
 from train.tracking import store
 from train.training.cv import FoldPlan, fit_fold, plan_folds, score_folds, summarize
@@ -55,6 +57,7 @@ log = logging.getLogger("tagger")
 SWEEP_ROLE_TAG = "tagger.sweep"  # "parent" on the sweep's run, "trial" on each nested trial run
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 60
+ERROR_ATTR = "tagger.error"  # a failed trial's cause (one line), for the sweep's final message
 MAX_FAILURES_IN_A_ROW = 3  # a worker stops when its trials keep failing (a broken setting, not bad luck)
 
 
@@ -170,13 +173,16 @@ def sweep(
     space = load_space(space_path)
     check_space(space, config_path, list(overrides), space_path)
     objective, direction = resolve_objective(config, space, objective)
-    study_name = study_name or f"{config.task.name}-{Path(config_path).stem}"
+    study_name = check_study_name(study_name or f"{config.task.name}-{Path(config_path).stem}")
+    storage_url = storage or default_storage()
+    check_storage(storage_url)
+    out = Path(out) if out else sweep_folder(study_name)
+    check_writable_folder(str(out), "--out")
     seed_everything(config.seed)
     with step("loading and checking data"):
         prepared = prepare(config)
         plan_folds(config, prepared.data, prepared.model, config.split.folds, config.split.repeats)
 
-    storage_url = storage or default_storage()
     with storage_lock(storage_url, "study"):  # sweeps starting one study at once share it and one parent run
         study = _open_study(storage_url, study_name, space, objective, direction, config.task.name)
         tracking_uri = store.setup(config.tracking.uri, config.experiment_name)
@@ -209,6 +215,53 @@ def sweep(
     )
     _run_workers(spec, jobs)
     return finish(spec, space, out)
+
+
+def check_study_name(name: str) -> str:
+    """A study name is also a folder name (``sweeps/<study>``): letters, digits, '.', '-' and '_' only."""
+    if not re.match(NAME_PATTERN, name) or name in (".", ".."):
+        raise TaggerError(
+            f"--study {name!r}: use up to 64 letters, digits, '.', '-' or '_', starting with a letter or digit"
+        )
+    return name
+
+
+def sweep_folder(study: str) -> Path:
+    """``sweeps/<study>`` beside the store, checked to stay inside ``sweeps/``."""
+    root = (store.home() / "sweeps").resolve()
+    folder = (root / study).resolve()
+    if not folder.is_relative_to(root) or folder == root:
+        raise TaggerError(f"--study {study!r}: the sweep folder would be outside {root}")
+    return folder
+
+
+def check_storage(url: str) -> None:
+    """Fail before any work, naming ``--storage``, when the Optuna storage URL is malformed or unreachable."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    shown = store.redact(url)
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001 - SQLAlchemy raises ArgumentError and ValueError
+        raise TaggerError(f"--storage {shown}: not a database URL (e.g. sqlite:///optuna.db, postgresql://…)") from None
+    path = store.sqlite_path(url)
+    if path is not None:
+        check_writable_folder(str(path.parent), f"--storage {shown}: folder")
+        return
+    try:
+        args = {"connect_timeout": 5} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=args)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - drivers raise many types for a server that does not answer
+        reason = " ".join(str(exc).split())[:200]
+        raise TaggerError(
+            f"--storage {shown}: the Optuna storage cannot be reached ({type(exc).__name__}: {reason})"
+        ) from None
 
 
 def _open_study(url: str, name: str, space: Space, objective: str, direction: str, task: str) -> optuna.Study:
@@ -337,7 +390,7 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
 
 def run_worker(spec: SweepSpec, index: int) -> None:
     """Run trials of the study until it holds ``spec.trials`` counting trials."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our one warning line, not a traceback
     config = load_config(spec.config_path, list(spec.overrides))
     store.setup(spec.tracking_uri, config.experiment_name)
     storage = open_storage(spec.storage)
@@ -380,14 +433,17 @@ class TrialObjective:
             raise Surplus(f"trial {trial.number}: the study already has {spec.trials} trials")
         for key, value in store.process_tags().items():
             trial.set_user_attr(key, value)
-        values = self.space.suggest(trial)
+        values: dict[str, Any] = {}
         try:
+            values = self.space.suggest(trial)  # inside: a value Optuna cannot draw is a failed trial too
             return self._cross_validate(trial, values)
         except optuna.TrialPruned:
             raise
         except Exception as exc:
             self.failed = True
-            log.warning("trial %d failed (%s): %s", trial.number, json.dumps(values), exc)
+            cause = " ".join(str(exc).split())[:500] or type(exc).__name__
+            trial.set_user_attr(ERROR_ATTR, cause)
+            log.warning("trial %d failed (%s): %s", trial.number, json.dumps(values), cause)
             raise
 
     def _plan(self, config) -> FoldPlan:
@@ -455,6 +511,12 @@ def finish(spec: SweepSpec, space: Space, out: str | Path | None = None) -> Swee
     metrics = {f"trials_{state}": float(n) for state, n in counts.items()}
     workdir = Path(tempfile.mkdtemp(prefix="tagger-run-"))
     try:
+        if not counts["complete"] and not counts["pruned"]:
+            errors = [t.user_attrs[ERROR_ATTR] for t in trials if ERROR_ATTR in t.user_attrs]
+            if errors:
+                client.set_tag(run_id, "mlflow.note.content", f"every trial failed; the first: {errors[0]}")
+                client.set_terminated(run_id, "FAILED")
+                raise TaggerError(f"sweep '{spec.study}': all {len(errors)} trials failed; the first: {errors[0]}")
         if counts["complete"]:
             best = study.best_trial
             result.best_trial, result.best_value = best.number, float(best.value)
@@ -463,7 +525,7 @@ def finish(spec: SweepSpec, space: Space, out: str | Path | None = None) -> Swee
             client.set_tag(run_id, "best.trial", str(best.number))
             for key, value in result.best_params.items():
                 client.set_tag(run_id, f"best.{key}", json.dumps(value))
-            folder = Path(out) if out else store.home() / "sweeps" / spec.study
+            folder = Path(out) if out else sweep_folder(spec.study)
             result.best_config = write_best_config(spec, result, folder)
             shutil.copyfile(result.best_config, workdir / "best.yaml")
             client.log_artifact(run_id, str(workdir / "best.yaml"))
