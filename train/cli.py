@@ -146,10 +146,11 @@ def predict(
     topic + stance model); JSON Lines out."""
     from train.domain import DEFAULT_TARGET
     from train.inputs import read_sentences
-    from train.tracking.packaging import predict_records
+    from train.tracking.packaging import model_uri, predict_records
 
     if target is not None and not target.strip():
         raise TaggerError("--target is empty")
+    model_uri(model)  # a malformed or refused reference fails before the input is read
     rows, priors = predict_records(
         model, read_sentences(source), target or DEFAULT_TARGET, backend, adjust_priors, force_backend
     )
@@ -428,6 +429,32 @@ def export(task: str, alias: str, out: str) -> None:
     type=click.Path(dir_okay=False),
     help="File holding the bearer token for /v1/admin/* (else $TAGGER_ADMIN_TOKEN; neither: admin disabled).",
 )
+@click.option(
+    "--admin-origin",
+    multiple=True,
+    help="Web origin (scheme://host[:port]) allowed to call /v1/admin/* from a browser; repeatable (default: none).",
+)
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="Seconds a connection has to send a request's headers; then 408 and closed.",
+)
+@click.option(
+    "--keep-alive-timeout",
+    default=15.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="Seconds an idle kept-alive connection stays open.",
+)
+@click.option(
+    "--max-connections",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Open connections at most; one more is answered 503 and closed.",
+)
 @backend_options(default="auto")
 def serve(
     host,
@@ -438,6 +465,10 @@ def serve(
     max_sentences,
     request_timeout,
     admin_token_file,
+    admin_origin,
+    header_timeout,
+    keep_alive_timeout,
+    max_connections,
     backend,
     force_backend,
 ) -> None:
@@ -460,11 +491,18 @@ def serve(
         max_sentences=max_sentences,
         request_timeout=request_timeout,
         admin_token=admin_token,
+        admin_origin=admin_origin,
     )
     if admin_token is None:
         log.info("admin endpoints disabled (set TAGGER_ADMIN_TOKEN or --admin-token-file to enable reload)")
     log.info("serving on http://%s:%d (docs at /docs)", host if ":" not in host else f"[{host}]", port)
-    run_server(app, sock)
+    run_server(
+        app,
+        sock,
+        header_timeout=header_timeout,
+        keep_alive_timeout=keep_alive_timeout,
+        max_connections=max_connections,
+    )
 
 
 def is_loopback(host: str) -> bool:

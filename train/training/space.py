@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from train.config import Config, apply_overrides, format_validation_error, load_raw, validate
 from train.errors import TaggerError
@@ -77,6 +77,18 @@ class Categorical(_Strict):
 
     type: Literal["categorical"]
     choices: list[Any] = Field(min_length=1)
+
+    @field_validator("choices")
+    @classmethod
+    def _json_choices(cls, value: list[Any]) -> list[Any]:
+        for choice in value:
+            try:
+                json.dumps(choice, allow_nan=False)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"choice {reprlib.repr(choice)} is not a plain YAML value (number, text, list)"
+                ) from None
+        return value
 
     def suggest(self, trial, name: str) -> Any:
         return json.loads(trial.suggest_categorical(name, [json.dumps(c) for c in self.choices]))
