@@ -208,6 +208,7 @@ def _fold_run(config: Config, plan: FoldPlan, r: int, k: int, oof: np.ndarray) -
         "tagger.cv_fold": f"{r}.{k}",
         "task": config.task.name,
         "model_family": config.model.family,
+        **store.process_tags(),  # so a fold left RUNNING by kill -9 is marked KILLED like its parent
     }
     with mlflow.start_run(run_name=f"fold {r}.{k}", nested=True, tags=tags) as child:
         held = plan.held_out(r, k)
