@@ -30,9 +30,6 @@ import tempfile
 import threading
 import time
 import warnings
-import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,38 +120,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         ) from None
 
 
-@contextmanager
-def storage_lock(url: str, name: str) -> Iterator[None]:
-    """A lock that every process using the storage ``url`` shares, on any machine that reaches it.
-
-    SQLite: a file lock beside the database. PostgreSQL: a session-level advisory lock in the database
-    itself, so sweeps started on several machines at once create one schema and one parent run.
-    Other databases: no lock (two sweeps started in the same instant could make two parent runs).
-    """
-    path = store.sqlite_path(url)
-    if path is not None:
-        from filelock import FileLock
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{path}.{name}.lock", timeout=300):
-            yield
-    elif url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
-        import sqlalchemy
-        from sqlalchemy.pool import NullPool
-
-        key = zlib.crc32(f"tagger.sweep.{name}".encode()) & 0x7FFFFFFF
-        engine = sqlalchemy.create_engine(url, poolclass=NullPool)
-        try:
-            with engine.connect() as connection:
-                connection.execute(sqlalchemy.text("select pg_advisory_lock(:key)"), {"key": key})
-                try:
-                    yield
-                finally:
-                    connection.execute(sqlalchemy.text("select pg_advisory_unlock(:key)"), {"key": key})
-        finally:
-            engine.dispose()
-    else:
-        yield
+storage_lock = store.storage_lock  # moved to train.tracking.store (promote shares it); this name stays importable
 
 
 def sweep(
