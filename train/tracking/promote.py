@@ -4,6 +4,10 @@ The winner is the run with the best metric (highest; lowest for losses, time and
 dev macro F1, then newer). It is registered as ``tagger-<task>``; the alias ``champion`` moves to the
 new version and ``previous`` to the former champion. Why it won (its metric values and the
 runner-up's) goes into the version's description and tags.
+
+Registry changes are serialised per store (``registry_lock``) and resumable: a run and a pair of
+topic and stance versions are registered once, and what a promote killed midway left is finished
+or removed by the next one.
 """
 
 from __future__ import annotations
@@ -259,7 +263,8 @@ def register_bundle() -> tuple[str, bool] | None:
     Returns the champion version of ``tagger`` and whether it is new; None while a task has no champion.
     A pair of topic and stance versions is registered once: the version that already holds it (tags
     ``topic_version`` and ``stance_version``) becomes champion again, and a model packaged by a promote
-    that died before registering it is reused. The packaging run is logged in ``tagger-bundle``.
+    that died before registering it is reused. What dead promotes left in the task models is settled
+    first. The packaging run is logged in ``tagger-bundle``.
     """
     client = mlflow.MlflowClient()
     with registry_lock() as shared_lock:
