@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -37,6 +42,7 @@ def test_local_batch_tagging_streams_chunks(registry, sentences, tmp_path):
     invoke("tag-batch", str(sentences), str(out), "--chunk-size", "3000")
     frame = read_output(out)
     assert len(frame) == 10_000 and frame["id"].tolist() == list(range(10_000))
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "part-00000.parquet"]  # no _temporary/ left
     assert {"topics", "stance", "topic_score_trade", "stance_score_favor", "topics_input"} <= set(frame.columns)
     assert set(frame["stance"]) <= {"favor", "against", "neutral"}
     # rows without a target got the default one: the same text tagged alone agrees
@@ -65,7 +71,7 @@ def test_spark_and_local_outputs_are_identical(registry, sentences, tmp_path):
     "args, message",
     [
         (["missing.jsonl", "{out}"], "missing.jsonl: no such file or folder"),
-        (["{data}", "{data}"], "exists and is not an empty folder"),
+        (["{data}", "{data}"], "exists and is not a folder"),
         (["{data}", "{out}", "--text-column", "body"], "no column 'body'"),
         (["{data}", "{out}", "--master", "local[2]"], "--master applies to --engine spark only"),
         (["{data}", "{out}", "--model", "models:/nothing@champion"], "model 'models:/nothing@champion': cannot load"),
@@ -78,3 +84,208 @@ def test_bad_batch_input_is_one_line(registry, sentences, tmp_path, monkeypatch,
     code, lines = run_main(monkeypatch, capsys, "tag-batch", *filled, store=os.environ["MLFLOW_TRACKING_URI"])
     assert code == 2 and len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+def _parquet(path: Path, rows: int = 50) -> bytes:
+    pd.DataFrame({"id": range(rows), "text": ["Gas prices rose in Baghdad."] * rows}).to_parquet(path)
+    return path.read_bytes()
+
+
+def _jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+GOOD = json.dumps({"text": "Ankara and Baghdad signed a water deal."})
+
+
+def _bad_input(case: str, tmp: Path) -> tuple[list[str], str]:
+    """(arguments, expected message) of one bad tag-batch input; the output folder is ``tmp/out``."""
+    out = str(tmp / "out")
+    if case == "corrupt parquet":
+        (tmp / "in.parquet").write_bytes(b"PAR1" + os.urandom(300) + b"PAR1")
+        return [str(tmp / "in.parquet"), out], "in.parquet: not a readable Parquet file (corrupt or truncated)"
+    if case == "truncated parquet":
+        whole = _parquet(tmp / "in.parquet")
+        (tmp / "in.parquet").write_bytes(whole[: len(whole) // 2])
+        return [str(tmp / "in.parquet"), out], "in.parquet: not a readable Parquet file (corrupt or truncated)"
+    if case == "empty csv":
+        (tmp / "in.csv").write_text("")
+        return [str(tmp / "in.csv"), out], "in.csv: empty CSV file (no header line)"
+    if case == "ragged csv":
+        (tmp / "in.csv").write_text("id,text\n1,a fine row\n2,another row\n3,a row,with a third field\n")
+        return [str(tmp / "in.csv"), out], "in.csv: line 4: 3 fields where the header has 2 (ragged CSV)"
+    if case == "bad line at 40,000":  # one chunk: the error comes after the output folder exists
+        path = _jsonl(tmp / "in.jsonl", [GOOD] * 39_999 + ['{"text": "cut off'])
+        return [str(path), out, "--chunk-size", "50000"], "in.jsonl: line 40000: not valid JSON"
+    if case == "bad line in a later chunk":  # chunks 1-3 are tagged and written before it
+        path = _jsonl(tmp / "in.jsonl", [GOOD] * 350 + ["[1, 2]"])
+        return [str(path), out, "--chunk-size", "100"], "in.jsonl: line 351: not a JSON object"
+    if case == "mixed text types":
+        path = _jsonl(tmp / "in.jsonl", [GOOD] * 5 + [json.dumps({"text": 12345})])
+        return [str(path), out], "in.jsonl: line 6: column 'text' holds a number where earlier rows hold a string"
+    if case == "types change between chunks":
+        path = _jsonl(tmp / "in.jsonl", [json.dumps({"text": "a", "n": 1})] * 3 + [json.dumps({"text": "b", "n": "x"})])
+        return [str(path), out, "--chunk-size", "3"], "in.jsonl: lines 4-4: column 'n' holds string values"
+    if case == "nested JSON":
+        path = _jsonl(tmp / "in.jsonl", [GOOD, json.dumps({"text": "a", "x": json.loads("[" * 40 + "]" * 40)})])
+        return [str(path), out], "in.jsonl: line 2: JSON nested more than 32 levels deep"
+    if case == "deeply nested JSON":
+        path = _jsonl(tmp / "in.jsonl", ['{"text": "a", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"])
+        return [str(path), out], "in.jsonl: line 1: JSON nested more than 32 levels deep"
+    if case == "not utf-8":
+        (tmp / "in.jsonl").write_bytes(GOOD.encode() + b"\n" + b'{"text": "caf\xe9"}\n')
+        return [str(tmp / "in.jsonl"), out], "in.jsonl: line 2: not UTF-8 text"
+    if case == "empty jsonl":
+        (tmp / "in.jsonl").write_text("\n\n")
+        return [str(tmp / "in.jsonl"), out], "in.jsonl: no rows to tag"
+    path = str(_jsonl(tmp / "in.jsonl", [GOOD]))
+    if case == "output under a file":
+        return [path, str(tmp / "in.jsonl" / "out")], f"cannot be created: {tmp / 'in.jsonl'} is not a folder"
+    if case == "output on /dev/full":
+        return [path, "/dev/full"], "/dev/full: exists and is not a folder"
+    if case == "output unwritable":
+        return [path, "/proc/tagger-nope/out"], "/proc/tagger-nope/out: cannot"
+    if case == "complete output":
+        (tmp / "out").mkdir()
+        (tmp / "out" / "part-00000.parquet").write_bytes(b"")
+        (tmp / "out" / "_SUCCESS").write_text("")
+        return [path, out], "holds the complete output of an earlier run (_SUCCESS)"
+    if case == "foreign files":
+        (tmp / "out").mkdir()
+        (tmp / "out" / "notes.txt").write_text("mine")
+        return [path, out], "not empty and not a tag-batch output (it holds 'notes.txt')"
+    raise AssertionError(case)
+
+
+BAD_INPUTS = [
+    "corrupt parquet",
+    "truncated parquet",
+    "empty csv",
+    "ragged csv",
+    "bad line at 40,000",
+    "bad line in a later chunk",
+    "mixed text types",
+    "types change between chunks",
+    "nested JSON",
+    "deeply nested JSON",
+    "not utf-8",
+    "empty jsonl",
+    "output under a file",
+    "output on /dev/full",
+    "output unwritable",
+    "complete output",
+    "foreign files",
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_or_output_is_one_line_and_leaves_nothing(registry, tmp_path, monkeypatch, capsys, case):
+    """Each bad input is one ``error:`` line naming the file (and line), exit 2, and no output folder
+    (or, where one was there before, the same contents), also when the error comes mid-stream."""
+    args, message = _bad_input(case, tmp_path)
+    before = sorted(p.name for p in (tmp_path / "out").iterdir()) if (tmp_path / "out").is_dir() else None
+    code, lines = run_main(
+        monkeypatch, capsys, "tag-batch", *args, "--workers", "1", store=os.environ["MLFLOW_TRACKING_URI"]
+    )
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    after = sorted(p.name for p in (tmp_path / "out").iterdir()) if (tmp_path / "out").is_dir() else None
+    assert after == before
+
+
+def test_a_folder_being_written_is_not_replaced(registry, sentences, tmp_path, monkeypatch, capsys):
+    """A run's output folder is locked while it works: a second run into it is refused, not let to replace it."""
+    import fcntl
+
+    out = tmp_path / "out"
+    (out / "_temporary").mkdir(parents=True)
+    lock = os.open(out, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        code, lines = run_main(
+            monkeypatch, capsys, "tag-batch", str(sentences), str(out), store=os.environ["MLFLOW_TRACKING_URI"]
+        )
+    finally:
+        os.close(lock)
+    assert code == 2 and lines == [f"error: {out}: another tag-batch run is writing this folder"]
+    assert [p.name for p in out.iterdir()] == ["_temporary"]
+
+
+def test_a_downloaded_model_copy_is_removed(registry, sentences, tmp_path, monkeypatch):
+    """A ``runs:/`` model is downloaded into the output's _temporary/ (not MLflow's temp folders) and removed."""
+    import tempfile
+
+    runs, _ = registry
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "out"
+    invoke("tag-batch", str(sentences), str(out), "--model", f"runs:/{runs[('topic', 'tfidf_logreg')]}/model",
+           "--workers", "1")
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "part-00000.parquet"]
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert len(pd.read_parquet(out)) == 10_000
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, their children, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a dead orphan waiting for init to reap it)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_leaves_no_orphans_and_the_next_run_replaces_it(registry, tmp_path, caplog):
+    """``kill -9`` of tag-batch mid-run: its workers and the resource tracker exit within 10 s, no model copy
+    stays in $TMPDIR, no part is visible; the next run replaces the incomplete output, saying so."""
+    rows = read_jsonl(ROOT / "data/train/news_sentences.jsonl")
+    data = tmp_path / "big.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "text": rows[i % len(rows)]["text"]}) + "\n" for i in range(12_000)))
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    out = tmp_path / "out"
+    command = ["tag-batch", str(data), str(out), "--chunk-size", "200"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train.cli", *command, "--workers", "2"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "_temporary" / "part-00000.parquet").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "tag-batch wrote no part in 120 s"
+        time.sleep(0.02)
+    children = _descendants(proc.pid)
+    proc.kill()
+    proc.wait(timeout=10)
+    try:
+        assert len(children) >= 3, children  # two workers and the resource tracker
+        deadline = time.monotonic() + 10
+        while [pid for pid in children if _running(pid)] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in children if _running(pid)] == []
+    finally:  # a failure must not leave them behind either
+        for pid in filter(_running, children):
+            os.kill(pid, 9)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    visible = [p for p in out.rglob("*") if not any(part.startswith(("_", ".")) for part in p.relative_to(out).parts)]
+    assert visible == [] and not (out / "_SUCCESS").exists()
+
+    with caplog.at_level("INFO", logger="tagger"):
+        invoke(*command, "--workers", "1")
+    assert f"{out}: incomplete output of an earlier run (no _SUCCESS); replacing it" in caplog.messages
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "part-00000.parquet"]
+    assert pd.read_parquet(out)["id"].tolist() == list(range(12_000))
