@@ -1,18 +1,25 @@
 """Promotion to the registry, tagging from the CLI, export, and a real HTTP server on loopback."""
 
+import asyncio
+import contextlib
 import json
 import os
+import selectors
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import joblib
 import mlflow
 import pytest
-from conftest import ADMIN, free_port, invoke
+from conftest import ADMIN, ADMIN_TOKEN, TRAIN_FILE, free_port, invoke, read_jsonl, wait_ready
 
 from train.domain import TOPIC_LABELS
 from train.errors import TaggerError
+from train.models.base import TextClassifier, as_frame
 from train.tracking.promote import choose, promote, rollback
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,3 +212,275 @@ def test_concurrent_requests_get_their_own_results(server):
         assert data["target"] == body["target"]
         assert [s["text"] for s in data["sentences"]] == body["sentences"]
         assert [s["index"] for s in data["sentences"]] == list(range(len(body["sentences"])))
+
+
+# --- limits of the service: starvation, deadlines, connections, admin, model faults -------------------------
+
+
+@contextlib.contextmanager
+def serving(log_folder: Path, *args: str, env: dict | None = None):
+    """``tagger serve`` with ``args`` on a free loopback port (admin token set); yields its base URL."""
+    port = free_port()
+    log_path = log_folder / f"serve-{port}.log"
+    with open(log_path, "w+b") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "train.cli", "serve", "--port", str(port), *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TAGGER_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})},
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            if not wait_ready(base):
+                pytest.fail(log_path.read_text())
+            yield base
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+LIMITS = {"header": 1.0, "keep_alive": 2.0, "connections": 150, "deadline": 3.0}
+ALLOWED_ORIGIN = "https://ops.example:8443"
+
+
+@pytest.fixture(scope="module")
+def limited_server(registry, tmp_path_factory):
+    """A server with small limits, so that tests reach them quickly."""
+    options = {
+        "--max-sentences": 100,
+        "--request-timeout": LIMITS["deadline"],
+        "--header-timeout": LIMITS["header"],
+        "--keep-alive-timeout": LIMITS["keep_alive"],
+        "--max-connections": LIMITS["connections"],
+        "--admin-origin": ALLOWED_ORIGIN,
+    }
+    with serving(tmp_path_factory.mktemp("limited"), *(str(x) for pair in options.items() for x in pair)) as base:
+        yield base
+
+
+def prose(chars: int) -> str:
+    """News text of about ``chars`` characters, five sentences a line."""
+    texts = [row["text"] for row in read_jsonl(TRAIN_FILE)]
+    lines = [" ".join(texts[i : i + 5]) for i in range(0, len(texts), 5)]
+    return "\n".join(lines)[:chars]
+
+
+def test_health_checks_and_small_requests_stay_fast_under_big_texts(limited_server):
+    """40 texts of 100 KB at once took every thread of the pool that /healthz also needed (sentence
+    splitting ran there), and long ``sentences`` bodies were tagged ahead of one-sentence requests."""
+    big_text = {"text": prose(100_000)}
+    long_sentences = {"sentences": [("Gas exports resumed after talks in Ankara. " * 21)[:900]] * 100}
+
+    async def run():
+        limits = httpx.Limits(max_connections=100, keepalive_expiry=0.5)
+        async with (
+            httpx.AsyncClient(base_url=limited_server, timeout=30, limits=limits) as load,
+            httpx.AsyncClient(base_url=limited_server, timeout=30, limits=limits) as probe,
+        ):
+            bodies = [big_text] * 40 + [long_sentences] * 16
+            flood = [asyncio.create_task(load.post("/v1/tag", json=body)) for body in bodies]
+            await asyncio.sleep(0.3)  # the flood is on its way
+            health, small = [], []
+            while not all(task.done() for task in flood):
+                began = time.monotonic()
+                assert (await probe.get("/healthz")).status_code == 200
+                health.append(time.monotonic() - began)
+                began = time.monotonic()
+                response = await probe.post("/v1/tag", json={"text": "Troops crossed the border."})
+                small.append((time.monotonic() - began, response.status_code))
+                await asyncio.sleep(0.05)
+            return health, small, [task.result() for task in flood]
+
+    health, small, flood = asyncio.run(run())
+    statuses = {r.status_code for r in flood}
+    assert statuses <= {200, 413, 503} and 413 in statuses, [r.text[:100] for r in flood]
+    assert len(health) >= 5
+    assert max(health) < 1.0, sorted(health)[-5:]
+    assert {status for _, status in small} == {200}
+    assert max(latency for latency, _ in small) < 2.0, sorted(small)[-5:]
+
+
+def test_a_request_that_would_wait_past_its_deadline_is_refused_at_once(limited_server):
+    """Requests queued behind more work than their deadline allows got their 503 only once the deadline
+    had passed, after taking their share of the work; now they are refused on arrival, with Retry-After."""
+    body = json.dumps({"text": "word " * 180_000}).encode()  # one 900 KB line: about 1 s to split
+
+    async def run():
+        async with httpx.AsyncClient(base_url=limited_server, timeout=30) as client:
+
+            async def post():
+                began = time.monotonic()
+                response = await client.post("/v1/tag", content=body, headers={"content-type": "application/json"})
+                return time.monotonic() - began, response
+
+            return await asyncio.gather(*(post() for _ in range(10)))
+
+    results = asyncio.run(run())
+    busy = [(took, r) for took, r in results if r.status_code == 503 and "server busy" in r.text]
+    assert busy, [(took, r.status_code, r.text[:80]) for took, r in results]
+    assert max(took for took, _ in busy) < LIMITS["deadline"] / 2
+    assert all(int(r.headers["retry-after"]) >= 1 for _, r in busy)
+    assert max(took for took, _ in results) < LIMITS["deadline"] + 2
+    assert {r.status_code for _, r in results} <= {413, 503}
+
+
+def test_idle_slow_header_and_kept_alive_connections_are_closed(limited_server):
+    """Connections that sent nothing, or trickled their headers, stayed open for good (uvicorn arms no
+    timer before a first response); a kept-alive one stayed 75 s. Normal requests keep being answered."""
+    host, port = limited_server.removeprefix("http://").split(":")
+    address = (host, int(port))
+    idle = [socket.create_connection(address) for _ in range(60)]
+    slow = [socket.create_connection(address) for _ in range(60)]
+    for conn in slow:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    huge = socket.create_connection(address)
+    huge.sendall(b"GET /healthz HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n")
+    kept = socket.create_connection(address)
+    kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    began = time.monotonic()
+    selector = selectors.DefaultSelector()
+    replies: dict[socket.socket, bytes] = {}
+    closed_at: dict[socket.socket, float] = {}
+    for conn in [*idle, *slow, huge, kept]:
+        conn.setblocking(False)
+        selector.register(conn, selectors.EVENT_READ)
+        replies[conn] = b""
+    normal = []
+    with httpx.Client(base_url=limited_server, timeout=5) as client:
+        while len(closed_at) < len(replies) and time.monotonic() - began < 8:
+            for key, _ in selector.select(timeout=0.2):
+                try:
+                    data = key.fileobj.recv(65536)
+                except ConnectionResetError:
+                    data = b""
+                replies[key.fileobj] += data
+                if not data:
+                    closed_at[key.fileobj] = time.monotonic() - began
+                    selector.unregister(key.fileobj)
+            for conn in slow:
+                if conn not in closed_at:
+                    with contextlib.suppress(OSError):
+                        conn.sendall(b"X")  # a byte at a time: the header never ends
+            request_began = time.monotonic()
+            normal.append((client.get("/healthz").status_code, time.monotonic() - request_began))
+    for conn in replies:
+        conn.close()
+    header, keep_alive = LIMITS["header"], LIMITS["keep_alive"]
+    assert len(closed_at) == len(replies), f"{len(replies) - len(closed_at)} connections still open"
+    assert all(header - 0.1 <= closed_at[c] <= header + 1.5 and replies[c] == b"" for c in idle)
+    assert all(header - 0.1 <= closed_at[c] <= header + 1.5 for c in slow)
+    assert all(replies[c].startswith(b"HTTP/1.1 408 ") for c in slow)
+    assert replies[huge].startswith(b"HTTP/1.1 431 ")
+    assert replies[kept].startswith(b"HTTP/1.1 200 ") and keep_alive - 0.1 <= closed_at[kept] <= keep_alive + 1.5
+    assert {status for status, _ in normal} == {200} and max(took for _, took in normal) < 1.0
+
+
+def test_connections_over_the_limit_are_answered_503(limited_server):
+    host, port = limited_server.removeprefix("http://").split(":")
+    time.sleep(0.3)  # connections of earlier tests are gone
+    conns = [socket.create_connection((host, int(port))) for _ in range(LIMITS["connections"] + 10)]
+    try:
+        time.sleep(0.5)
+        ready = selectors.DefaultSelector()
+        for conn in conns:
+            ready.register(conn, selectors.EVENT_READ)
+        refused = [key.fileobj.recv(200) for key, _ in ready.select(timeout=0)]
+        assert len(refused) == 10 and all(r.startswith(b"HTTP/1.1 503 ") for r in refused)
+    finally:
+        for conn in conns:
+            conn.close()
+    time.sleep(0.3)
+    assert httpx.get(f"{limited_server}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("origin", "kwargs", "status"),
+    [
+        (ALLOWED_ORIGIN, {"json": {}}, 200),
+        (None, {"json": {}}, 200),  # curl, scripts: the token is enough
+        ("https://ops.example", {"json": {}}, 403),  # another port
+        ("http://ops.example:8443", {"json": {}}, 403),  # another scheme
+        ("https://OPS.example:8443/", {"json": {}}, 403),  # not an origin (a path)
+        ("null", {"json": {}}, 403),
+        ("{server}", {"json": {}}, 403),  # equal to Host: what a DNS-rebinding page sends
+        (None, {"content": b"{}", "headers": {"content-type": "text/plain"}}, 415),
+        (None, {"content": b"reload please", "headers": {"content-type": "application/json"}}, 422),
+        (None, {"content": b"[]", "headers": {"content-type": "application/json"}}, 422),
+        (None, {"content": b"", "headers": {"content-type": "application/json"}}, 422),
+    ],
+)
+def test_admin_origin_is_compared_in_full_with_an_allow_list(limited_server, origin, kwargs, status):
+    headers = {**ADMIN, **kwargs.pop("headers", {})}
+    if origin is not None:
+        headers["Origin"] = origin.format(server=limited_server)
+    r = httpx.post(f"{limited_server}/v1/admin/reload", headers=headers, timeout=60, **kwargs)
+    assert r.status_code == status, r.text
+
+
+def test_admin_origin_option_must_be_an_origin(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'x.db'}", "TAGGER_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.cli", "serve", "--port", str(free_port()), "--admin-origin", "ftp://ops"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --admin-origin 'ftp://ops': not a web origin; give scheme://host[:port]"
+    ]
+
+
+class ExplodingClassifier(TextClassifier):
+    """A trained classifier that raises ``SystemExit`` or ``KeyboardInterrupt`` for a text holding a
+    marker, as third-party model code may; pickled into a model folder that a server loads."""
+
+    def __init__(self, inner: TextClassifier):
+        super().__init__(inner.task_type, inner.labels, inner.seed)
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def predict_proba(self, X):
+        texts = " ".join(as_frame(X)["text"])
+        if "RAISE-SYSTEMEXIT" in texts:
+            raise SystemExit(3)
+        if "RAISE-KEYBOARDINTERRUPT" in texts:
+            raise KeyboardInterrupt
+        return self.inner.predict_proba(X)
+
+
+@pytest.fixture(scope="module")
+def exploding_server(registry, tmp_path_factory):
+    """A server whose topic model raises ``SystemExit`` / ``KeyboardInterrupt`` on marked texts."""
+    folder = tmp_path_factory.mktemp("exploding") / "topic"
+    invoke("export", "--task", "topic", "--alias", "champion", "--out", str(folder))
+    (pickle,) = folder.glob("artifacts/**/classifier.joblib")
+    joblib.dump(ExplodingClassifier(joblib.load(pickle)), pickle)
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    with serving(folder.parent, "--topic-model", str(folder), env=env) as base:
+        yield base
+
+
+def test_a_model_raising_systemexit_fails_one_request_only(exploding_server):
+    """``SystemExit`` raised in a model's predict went through the inference task and stopped the event
+    loop: the server exited. Now that request gets a 500 with a one-line reason, and the rest are served."""
+
+    async def run():
+        async with httpx.AsyncClient(base_url=exploding_server, timeout=30) as client:
+            texts = [f"Gas deal number {i} was signed." for i in range(12)]
+            texts[3], texts[8] = "RAISE-SYSTEMEXIT in a sentence.", "RAISE-KEYBOARDINTERRUPT in a sentence."
+            return await asyncio.gather(*(client.post("/v1/tag", json={"text": t}) for t in texts))
+
+    for _ in range(2):  # in one batch with others, then again: the server is still there
+        responses = asyncio.run(run())
+        assert [r.status_code for r in responses] == [200] * 3 + [500] + [200] * 4 + [500] + [200] * 3
+        assert responses[3].json() == {"detail": "tagging failed: SystemExit: 3"}
+        assert responses[8].json() == {"detail": "tagging failed: KeyboardInterrupt"}
+    alone = httpx.post(f"{exploding_server}/v1/tag", json={"sentences": ["RAISE-SYSTEMEXIT"]}, timeout=30)
+    assert alone.status_code == 500
+    assert httpx.get(f"{exploding_server}/healthz").status_code == 200

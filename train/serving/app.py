@@ -2,12 +2,15 @@
 
 ``POST /v1/tag`` tags ``{"text": ...}`` (split into sentences, with offsets) or ``{"sentences": [...]}``,
 with an optional target; ``GET /healthz``, ``/readyz``, ``/v1/models``; ``POST /v1/admin/reload``
-(bearer token, JSON, same origin) swaps in the current champions while in-flight requests finish on
-the old ones; ``GET /`` is a small tagging page.
+(bearer token, JSON, no origin or an allowed one) swaps in the current champions while in-flight
+requests finish on the old ones; ``GET /`` is a small tagging page.
 
 Limits keep one request from hurting others: oversize bodies and too many sentences answer 413,
-malformed input 422, a body that is not sent in time 408, and a request that runs past its
-deadline 503. A request that fails inside a micro-batch fails alone.
+malformed input 422, a body that is not sent in time 408, and a request that runs, or would wait,
+past its deadline 503. A request that fails inside a micro-batch fails alone (500). Health checks
+run on the event loop, and splitting and tagging on threads of their own, so a flood of big texts
+never delays them. Connections are limited in number, in the time to send request headers and in
+idle keep-alive time (``GuardedHttpToolsProtocol``).
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from train.data.sentences import MAX_SENTENCE_CHARS, is_blank
 from train.domain import DEFAULT_TARGET
 from train.errors import DeadlineExceeded, TaggerError
-from train.serving.batching import MicroBatcher
-from train.serving.tagger import Tagger, sentence_dicts
+from train.serving.batching import Busy, MicroBatcher, ModelCallError, Splitter, guarded
+from train.serving.tagger import Tagger
 
 log = logging.getLogger("tagger")
 
@@ -166,14 +169,46 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
 
-def check_admin(request: Request, token: str | None) -> None:
-    """Admin calls need the bearer token, a JSON body and no foreign origin (no browser CSRF)."""
+def normalize_origin(origin: str) -> str | None:
+    """``scheme://host:port`` of a web origin (lower-case, default port written out); None when
+    ``origin`` is not one (``null``, another scheme, a path, user info or a bad port)."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
+        return None
+    if parts.path or parts.query or parts.fragment:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port or (443 if parts.scheme == 'https' else 80)}"
+
+
+def admin_origins(origins: list[str] | tuple[str, ...]) -> frozenset[str]:
+    """The normalized allow-list of ``--admin-origin`` values; a value that is not an origin is an error."""
+    allowed = set()
+    for origin in origins:
+        normalized = normalize_origin(origin.removesuffix("/"))
+        if normalized is None:
+            raise TaggerError(f"--admin-origin {origin!r}: not a web origin; give scheme://host[:port]")
+        allowed.add(normalized)
+    return frozenset(allowed)
+
+
+def check_admin(request: Request, token: str | None, origins: frozenset[str] = frozenset()) -> None:
+    """Admin calls need the bearer token, JSON, and either no ``Origin`` (curl, scripts) or one in the
+    allow-list ``origins``, compared by scheme, host and port (no browser CSRF).
+
+    An ``Origin`` equal to the ``Host`` header is not trusted for that: under DNS rebinding a foreign
+    page reaches the server under its own host name.
+    """
     if not token:
         raise HTTPException(403, "admin endpoints are disabled; start the server with TAGGER_ADMIN_TOKEN set")
     origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-        raise HTTPException(403, "cross-origin admin requests are refused")
-    if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+    if origin is not None and normalize_origin(origin) not in origins:
+        raise HTTPException(403, "admin requests from this origin are refused (allow it with --admin-origin)")
+    if origin is None and request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
         raise HTTPException(403, "cross-origin admin requests are refused")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
@@ -191,12 +226,15 @@ def create_app(
     default_target: str = DEFAULT_TARGET,
     request_timeout: float = 30.0,
     admin_token: str | None = None,
+    admin_origin: list[str] | tuple[str, ...] = (),
 ) -> FastAPI:
     """Build the app; ``load`` is called now (start-up errors surface before serving) and on reload.
 
     ``request_timeout`` bounds each request: reading its body, splitting its text and waiting for
-    its tags. ``admin_token`` enables ``/v1/admin/reload`` (disabled without one).
+    its tags. ``admin_token`` enables ``/v1/admin/reload`` (disabled without one); ``admin_origin``
+    lists the web origins allowed to call it from a browser (none by default).
     """
+    origins = admin_origins(admin_origin)
 
     def load_warm() -> Tagger:
         tagger = load()
@@ -205,12 +243,16 @@ def create_app(
 
     state = {"tagger": load_warm()}
     batcher = MicroBatcher(lambda: state["tagger"])
+    batcher.calibrate(state["tagger"])
+    splitter = Splitter(max_sentences)
     reload_lock = asyncio.Lock()  # an asyncio lock: a thread lock held across an await deadlocked the loop
+    page_html = resources.files("train.serving").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         batcher.close()
+        splitter.close()
 
     # FastAPI's /docs loads Swagger UI from a CDN and is blank offline; fastapi-offline serves the
     # same assets from the installed package
@@ -225,16 +267,18 @@ def create_app(
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes, read_timeout=min(request_timeout, 10.0))
     app.add_exception_handler(RequestValidationError, validation_error)
 
+    # the endpoints that do no work are `async def`: answered on the event loop, they never wait for a
+    # thread of the pool that other work may have taken
     @app.get("/healthz")
-    def healthz() -> dict:
+    async def healthz() -> dict:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz() -> dict:
+    async def readyz() -> dict:
         return {"status": "ready", "models": state["tagger"].versions}
 
     @app.get("/v1/models")
-    def models() -> dict:
+    async def models() -> dict:
         tagger = state["tagger"]
         return {
             "versions": tagger.versions,
@@ -256,30 +300,43 @@ def create_app(
         try:
             if request.sentences is not None:
                 sentences = [{"text": s} for s in request.sentences]
+                if len(sentences) > max_sentences:
+                    raise HTTPException(413, f"{len(sentences)} sentences; at most {max_sentences} per request")
             else:
-                sentences = await run_in_threadpool(sentence_dicts, request.text, deadline)
-            if len(sentences) > max_sentences:
-                raise HTTPException(413, f"{len(sentences)} sentences; at most {max_sentences} per request")
+                sentences = await splitter.split(request.text, deadline)
+                if len(sentences) > max_sentences:  # splitting stopped there
+                    raise HTTPException(413, f"over {max_sentences} sentences; at most {max_sentences} per request")
             remaining = max(deadline - time.monotonic(), 0.001)
-            results, versions = await asyncio.wait_for(batcher.tag(sentences, target), timeout=remaining)
+            results, versions = await asyncio.wait_for(batcher.tag(sentences, target, deadline), timeout=remaining)
+        except Busy as exc:
+            retry = {"Retry-After": str(max(1, round(exc.retry_after)))}
+            raise HTTPException(503, f"{exc}; retry later or send less text", headers=retry) from None
         except (DeadlineExceeded, TimeoutError):
             raise HTTPException(503, f"request ran past its {request_timeout:g} s deadline; send less text") from None
+        except ModelCallError as exc:
+            raise HTTPException(500, f"tagging failed: {exc}") from None
         return {"target": target, "models": versions, "sentences": results}
 
     @app.post("/v1/admin/reload")
     async def reload(request: Request) -> dict:
-        check_admin(request, admin_token)
+        check_admin(request, admin_token, origins)
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise HTTPException(422, "the admin request body must be a JSON object, e.g. {}")
         async with reload_lock:
             try:
-                state["tagger"] = await run_in_threadpool(load_warm)
-            except TaggerError as exc:
+                state["tagger"] = await run_in_threadpool(guarded, load_warm)
+            except ModelCallError as exc:
                 raise HTTPException(500, f"reload failed, still serving the previous models: {exc}") from None
         log.info("reloaded models: %s", state["tagger"].versions)
         return {"status": "reloaded", "models": state["tagger"].versions}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
-        return resources.files("train.serving").joinpath("static/index.html").read_text(encoding="utf-8")
+    async def page() -> str:
+        return page_html
 
     return app
 
@@ -305,15 +362,117 @@ def listen(host: str, port: int):
     return sock
 
 
-def run_server(app: FastAPI, sock) -> None:
-    """Run ``app`` under uvicorn on an already bound socket; SIGTERM stops it within a few seconds."""
+def guarded_protocol(header_timeout: float, max_connections: int, max_header_bytes: int = 65_536) -> type:
+    """uvicorn's httptools protocol with the connection limits uvicorn lacks.
+
+    uvicorn arms its keep-alive timer only after a response, so a client that connects and sends
+    nothing, or trickles its headers a byte at a time, holds a connection for ever. Here request
+    headers must be complete within ``header_timeout`` seconds of the connection opening or of the
+    request's first byte (408, or a plain close when nothing came), and within ``max_header_bytes``
+    (431); a connection beyond ``max_connections`` open ones is answered 503 and closed at once.
+    """
+    from http import HTTPStatus
+
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+        _header_bytes = 0
+
+        def connection_made(self, transport) -> None:  # noqa: ANN001 - uvicorn's signature
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                self._refuse(503, f"over {max_connections} open connections; retry later")
+                return
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._header_timer is not None and not self.transport.is_closing():
+                self._header_bytes += len(data)  # headers are still incomplete: all of it was headers
+                if self._header_bytes > max_header_bytes:
+                    self._refuse(431, f"request headers over {max_header_bytes} bytes")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._header_timer is None:  # the next request on a kept-alive connection
+                self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def _arm(self) -> None:
+            self._header_bytes = 0
+            self._header_timer = self.loop.call_later(header_timeout, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if self._header_bytes:
+                self._refuse(408, f"request headers not received within {header_timeout:g} s")
+            elif not self.transport.is_closing():
+                self.transport.close()  # nothing was sent: close, as an idle keep-alive connection is
+
+        def _refuse(self, status: int, message: str) -> None:
+            self._disarm()
+            if self.transport.is_closing():
+                return
+            body = json.dumps({"detail": message}).encode()
+            head = (
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            )
+            self.transport.write(head.encode() + body)
+            self.transport.close()
+
+    return GuardedHttpToolsProtocol
+
+
+def run_server(
+    app: FastAPI,
+    sock,
+    *,
+    header_timeout: float = 10.0,
+    keep_alive_timeout: float = 15.0,
+    max_connections: int = 1000,
+) -> None:
+    """Run ``app`` under uvicorn on an already bound socket; SIGTERM stops it within a few seconds.
+
+    Connections: request headers within ``header_timeout`` s, idle keep-alive for ``keep_alive_timeout``
+    s, at most ``max_connections`` open (and as many requests in flight), beyond that 503.
+    """
+    import resource
     import sys
 
     import uvicorn
 
     # hand the GIL between the event loop and the inference thread quickly (default 5 ms adds latency)
     sys.setswitchinterval(0.0005)
+    # a file descriptor per connection, plus the models' files and threads
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        if limit < wanted:
+            log.warning("open-file limit %d is below --max-connections %d + 256", limit, max_connections)
     # keep idle connections longer than clients do (httpx: 5 s), so a client never reuses a
     # connection at the moment the server closes it (that race surfaced as rare read errors)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=75)
+    config = uvicorn.Config(
+        app,
+        http=guarded_protocol(header_timeout, max_connections),
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=keep_alive_timeout,
+        limit_concurrency=max_connections + 1,  # the protocol refuses connections; this bounds requests in flight
+    )
     uvicorn.Server(config).run(sockets=[sock])

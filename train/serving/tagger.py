@@ -99,10 +99,25 @@ class Tagger:
         self.tag_text("Warm-up sentence about a gas deal. Another one about troops.", "closer A–B ties")
 
 
-def sentence_dicts(text: str, deadline: float | None = None) -> list[dict]:
+SPLIT_BLOCK_CHARS = 16_000  # text is split in line-aligned blocks of about this size
+
+
+def sentence_dicts(text: str, deadline: float | None = None, limit: int | None = None) -> list[dict]:
     """Split ``text`` into the ``{"text", "start", "end"}`` dicts that ``Tagger.tag_sentences`` takes.
 
-    ``deadline`` (a ``time.monotonic()`` value) stops the work with ``DeadlineExceeded``.
+    ``deadline`` (a ``time.monotonic()`` value) stops the work with ``DeadlineExceeded``. With ``limit``,
+    splitting stops once more than ``limit`` sentences are found (the caller refuses the text), so the
+    work is bounded by the limit, not by the text's size: the text is split in blocks that end at a
+    newline, which gives the same sentences since splitting never crosses a line.
     """
-    sentences, _ = split_text(text, "input", deadline=deadline)
-    return [{"text": s.text, "start": s.start, "end": s.end} for s in sentences]
+    result: list[dict] = []
+    start = 0
+    while start < len(text):
+        cut = text.find("\n", start + SPLIT_BLOCK_CHARS)
+        end = len(text) if cut < 0 else cut + 1
+        sentences, _ = split_text(text[start:end], "input", deadline=deadline)
+        result.extend({"text": s.text, "start": start + s.start, "end": start + s.end} for s in sentences)
+        if limit is not None and len(result) > limit:
+            break
+        start = end
+    return result
