@@ -593,7 +593,7 @@ def tag_local(job: BatchJob, workers: int | None = None) -> dict:
         if writer is not None:
             try:
                 writer.close()
-            except OSError:
+            except Exception:  # noqa: BLE001 - the first error is the one to report
                 pass
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)  # nothing of a failed run is left
