@@ -123,7 +123,13 @@ def _bad_input(case: str, tmp: Path) -> tuple[list[str], str]:
         return [str(path), out, "--chunk-size", "100"], "in.jsonl: line 351: not a JSON object"
     if case == "mixed text types":
         path = _jsonl(tmp / "in.jsonl", [GOOD] * 5 + [json.dumps({"text": 12345})])
-        return [str(path), out], "in.jsonl: line 6: column 'text' holds a number where earlier rows hold a string"
+        return [str(path), out], "in.jsonl: line 6: column 'text' holds a number, not text"
+    if case == "parquet text of structs":
+        pd.DataFrame({"text": [{"a": "Gas prices rose."}] * 5}).to_parquet(tmp / "in.parquet")
+        return [str(tmp / "in.parquet"), out], "in.parquet: column 'text' holds object values, not text"
+    if case == "mixed types in another column":
+        path = _jsonl(tmp / "in.jsonl", [json.dumps({"text": "a", "id": 1}), json.dumps({"text": "b", "id": "x"})])
+        return [str(path), out], "in.jsonl: line 2: column 'id' holds a string where earlier rows hold a number"
     if case == "types change between chunks":
         path = _jsonl(tmp / "in.jsonl", [json.dumps({"text": "a", "n": 1})] * 3 + [json.dumps({"text": "b", "n": "x"})])
         return [str(path), out, "--chunk-size", "3"], "in.jsonl: lines 4-4: column 'n' holds string values"
@@ -136,6 +142,9 @@ def _bad_input(case: str, tmp: Path) -> tuple[list[str], str]:
     if case == "not utf-8":
         (tmp / "in.jsonl").write_bytes(GOOD.encode() + b"\n" + b'{"text": "caf\xe9"}\n')
         return [str(tmp / "in.jsonl"), out], "in.jsonl: line 2: not UTF-8 text"
+    if case == "lone surrogate":
+        (tmp / "in.jsonl").write_bytes(GOOD.encode() + b"\n" + b'{"text": "bad \\ud800 here"}\n')
+        return [str(tmp / "in.jsonl"), out], "in.jsonl: line 2: a string holds a lone surrogate"
     if case == "empty jsonl":
         (tmp / "in.jsonl").write_text("\n\n")
         return [str(tmp / "in.jsonl"), out], "in.jsonl: no rows to tag"
@@ -166,10 +175,13 @@ BAD_INPUTS = [
     "bad line at 40,000",
     "bad line in a later chunk",
     "mixed text types",
+    "parquet text of structs",
+    "mixed types in another column",
     "types change between chunks",
     "nested JSON",
     "deeply nested JSON",
     "not utf-8",
+    "lone surrogate",
     "empty jsonl",
     "output under a file",
     "output on /dev/full",

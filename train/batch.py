@@ -119,6 +119,10 @@ def check_input(job: BatchJob, path: Path) -> bool:
     if columns is not None and job.text_column not in columns:
         shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
         raise TaggerError(f"{path}: no column '{job.text_column}' (columns: {shown})")
+    if FORMATS[path.suffix.lower()] == "parquet":
+        kind = arrow_kind(parquet.schema_arrow.field(job.text_column).type)
+        if kind not in ("string", "missing"):
+            raise TaggerError(f"{path}: column '{job.text_column}' holds {kind} values, not text")
     return rows > 0
 
 
@@ -222,10 +226,10 @@ def read_chunks(job: BatchJob) -> Iterator[tuple[Path, pd.DataFrame]]:
                 rows.append(row)
                 lines.append(number)
                 if len(rows) == job.chunk_size:
-                    yield path, pd.DataFrame(rows, index=lines)
+                    yield path, json_frame(path, rows, lines)
                     rows, lines = [], []
             if rows:
-                yield path, pd.DataFrame(rows, index=lines)
+                yield path, json_frame(path, rows, lines)
         else:
             try:
                 for chunk in pd.read_csv(
@@ -235,6 +239,21 @@ def read_chunks(job: BatchJob) -> Iterator[tuple[Path, pd.DataFrame]]:
                     yield path, chunk
             except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
                 raise TaggerError(f"{path}: {csv_problem(exc)}") from None
+
+
+def json_frame(path: Path, rows: list[dict], lines: list[int]) -> pd.DataFrame:
+    """JSONL rows as a frame indexed by line number; a string with a lone surrogate is an error naming its line."""
+    try:
+        return pd.DataFrame(rows, index=lines)
+    except UnicodeEncodeError:
+        for number, row in zip(lines, rows, strict=True):
+            try:
+                json.dumps(row, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise TaggerError(
+                    f"{path}: line {number}: a string holds a lone surrogate (an unpaired \\uD800-\\uDFFF escape)"
+                ) from None
+        raise
 
 
 def parquet_chunks(path: Path, size: int) -> Iterator[pd.DataFrame]:
@@ -267,13 +286,26 @@ def count_rows(job: BatchJob) -> int | None:
     return total
 
 
-def model_frame(job: BatchJob, chunk: pd.DataFrame) -> pd.DataFrame:
-    """The model's input columns: ``text``, and ``target`` (the default where the input has none)."""
+def model_frame(job: BatchJob, chunk: pd.DataFrame, path: Path | None = None) -> pd.DataFrame:
+    """The model's input columns: ``text``, and ``target`` (the default where the input has none).
+
+    The text column must hold text or nothing: a number, list or object in it is an error naming its line.
+    """
     if job.text_column not in chunk.columns:
         raise TaggerError(
-            f"{job.source}: no column '{job.text_column}' (columns: {', '.join(map(str, chunk.columns))})"
+            f"{path or job.source}: no column '{job.text_column}' (columns: {', '.join(map(str, chunk.columns))})"
         )
-    frame = pd.DataFrame({TEXT_COLUMN: chunk[job.text_column].fillna("").astype(str)})
+    texts = chunk[job.text_column]
+    if texts.dtype == object or not pd.api.types.is_string_dtype(texts.dtype):
+        kinds = texts.map(value_kind)
+        odd = kinds[kinds.notna() & (kinds != "string")]
+        if len(odd):
+            unit = "line" if job.format == "json" else "row"
+            raise TaggerError(
+                f"{path or job.source}: {unit} {odd.index[0]}: column '{job.text_column}' holds a {odd.iloc[0]}, "
+                "not text"
+            )
+    frame = pd.DataFrame({TEXT_COLUMN: texts.fillna("").astype(str)})
     if job.target_column in chunk.columns:
         frame[TARGET_COLUMN] = chunk[job.target_column].fillna(job.default_target).astype(str)
         frame.loc[frame[TARGET_COLUMN].str.strip() == "", TARGET_COLUMN] = job.default_target
@@ -388,7 +420,7 @@ def tagged_chunks(job: BatchJob, folder: str, model, workers: int) -> Iterator[t
 
     if workers == 1:
         for path, chunk in read_chunks(job):
-            yield path, chunk, model.predict(model_frame(job, chunk))
+            yield path, chunk, model.predict(model_frame(job, chunk, path))
         return
     pool = ProcessPoolExecutor(
         workers, mp_context=get_context("spawn"), initializer=_load_worker_model, initargs=(folder, os.getpid())
@@ -396,7 +428,7 @@ def tagged_chunks(job: BatchJob, folder: str, model, workers: int) -> Iterator[t
     try:
         pending: deque = deque()
         for path, chunk in read_chunks(job):
-            pending.append((path, chunk, pool.submit(_tag_chunk, model_frame(job, chunk))))
+            pending.append((path, chunk, pool.submit(_tag_chunk, model_frame(job, chunk, path))))
             if len(pending) >= 2 * workers:
                 path, done, future = pending.popleft()
                 yield path, done, future.result()
@@ -499,7 +531,10 @@ def arrow_kind(kind) -> str:
     """An Arrow type in the words of ``value_kind``: string, number, boolean, list, object, or missing (null)."""
     import pyarrow.types as t
 
-    checks = [(t.is_null, "missing"), (t.is_boolean, "boolean"), (t.is_string, "string")]
+    if t.is_dictionary(kind):
+        kind = kind.value_type
+    checks = [(t.is_string_view, "string")] if hasattr(t, "is_string_view") else []
+    checks += [(t.is_null, "missing"), (t.is_boolean, "boolean"), (t.is_string, "string")]
     checks += [(t.is_large_string, "string"), (t.is_integer, "number"), (t.is_floating, "number")]
     checks += [(t.is_list, "list"), (t.is_large_list, "list"), (t.is_struct, "object")]
     return next((name for check, name in checks if check(kind)), str(kind))
