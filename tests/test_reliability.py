@@ -311,7 +311,7 @@ BAD_TRAINING = [
     ("word_ngram_range", "topic/tfidf_logreg", ["model.params.word_ngram_range=[2, 1]"], None, "1 <= min <= max"),
     ("char_ngram_range", "topic/tfidf_logreg", ["model.params.char_ngram_range=[0, 5]"], None, "1 <= min <= max"),
     ("min_df", "topic/tfidf_logreg", ["model.params.min_df=100000"], None, "min_df is 100000 but training has only"),
-    ("folds", "stance/tfidf_svm", ["model.params.calibration_folds=5000"], None, "calibration_folds is 5000"),
+    ("folds", "stance/tfidf_svm", ["model.params.calibration_folds=5000"], None, "less than or equal to 20"),
     ("one class", "stance/tfidf_logreg", [], lambda: _rows(60, stance="neutral"), "no sentence labelled 'favor'"),
     ("three rows", "topic/tfidf_logreg", [], lambda: _rows(3), "3 sentences; training needs at least 10"),
     ("no topics", "topic/tfidf_logreg", [], lambda: _rows(60, topics=[]), "no sentence has any of the labels"),

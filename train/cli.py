@@ -241,7 +241,9 @@ def runs(task: str, metric: str, experiment: str | None, limit: int, as_json: bo
 @click.argument("run_b")
 @click.option("--set", "set_name", default="seeds", show_default=True, help="Evaluation set both runs were scored on.")
 @click.option("--metric", default="f1_macro", show_default=True, help="Headline metric to compare.")
-@click.option("--samples", default=10_000, show_default=True, type=click.IntRange(100), help="Bootstrap resamples.")
+@click.option(
+    "--samples", default=10_000, show_default=True, type=click.IntRange(100, 1_000_000), help="Bootstrap resamples."
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 def compare(run_a: str, run_b: str, set_name: str, metric: str, samples: int, as_json: bool) -> None:
     """Paired comparison of RUN_B against RUN_A on one evaluation set: difference, interval, p-value."""

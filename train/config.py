@@ -74,7 +74,7 @@ class DataConfig(_Strict):
     default_target: str | None = None
     allow_leakage: bool = False
     leakage_threshold: float = Field(0.8, gt=0, le=1)
-    max_text_chars: int = Field(10_000, ge=1)
+    max_text_chars: int = Field(10_000, ge=1, le=10_000_000)
 
     _encoding = field_validator("encoding")(_known_encoding)
     _label_map = field_validator("label_map", mode="before")(_label_map_keys)
