@@ -17,6 +17,7 @@ from conftest import read_jsonl, write_jsonl
 
 from train.domain import BUNDLE, CHAMPION, PREVIOUS, registered_name
 from train.tracking.promote import DONE, PENDING, PROMOTE_TAG, REPLACES_TAG
+from train.tracking.store import initialize_store
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("topic", "stance")
@@ -187,6 +188,7 @@ def test_killed_cv_leaves_no_running_fold(tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     uri = f"sqlite:///{tmp_path / 'cv.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    initialize_store(uri)  # the schema exists before this test reads the store while cv writes it
     proc = tagger(
         "cv", "configs/topic/tfidf_svm.yaml", "--folds", "5", "--set", f"data.train={data}",
         "--set", "evaluation.sets=[]", env=env,
@@ -196,10 +198,7 @@ def test_killed_cv_leaves_no_running_fold(tmp_path):
     fold = None
     while fold is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-        try:
-            experiment = client.get_experiment_by_name("tagger-topic")
-        except mlflow.exceptions.MlflowException:
-            continue  # the schema is being created
+        experiment = client.get_experiment_by_name("tagger-topic")
         if experiment is None:
             continue
         proc.send_signal(signal.SIGSTOP)  # hold it still while the store is read
@@ -222,3 +221,46 @@ def test_killed_cv_leaves_no_running_fold(tmp_path):
     assert {r.data.tags.get("tagger.cv") for r in runs} == {"parent", "fold"}
     assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
     assert client.get_run(fold.info.run_id).info.status == "KILLED"
+
+
+def test_killed_sweep_leaves_no_running_trial(tmp_path):
+    """``tagger sweep`` killed with -9 (its whole process group): its parent and trial runs are marked KILLED."""
+    rows = read_jsonl(ROOT / "data/train/news_sentences.jsonl")[:1200]
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  model.params.C: {type: float, low: 0.1, high: 10, log: true}\n", encoding="utf-8")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TAGGER_HOME": str(tmp_path)}
+    initialize_store(uri)  # the schema exists before this test reads the store while the sweep writes it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train.cli", "sweep", "configs/stance/tfidf_logreg.yaml", "--space", str(space),
+         "--trials", "2", "--study", "killed", "--set", f"data.train={data}", "--set", "split.folds=5"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    client = mlflow.MlflowClient(uri)
+    deadline = time.time() + 240
+    trial = None
+    while trial is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        experiment = client.get_experiment_by_name("tagger-stance")
+        if experiment is None:
+            continue
+        os.killpg(proc.pid, signal.SIGSTOP)  # hold the sweep and its workers still while the store is read
+        try:
+            running = client.search_runs(
+                [experiment.experiment_id], "attributes.status = 'RUNNING' and tags.`tagger.sweep` = 'trial'"
+            )
+        except mlflow.exceptions.MlflowException:
+            running = []
+        if running:
+            trial = running[0]
+            os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGCONT)
+    proc.wait(timeout=60)
+    assert trial is not None, proc.stderr.read()[-800:]
+
+    listed = tagger("runs", "--task", "stance", "--all", env=env)
+    assert listed.wait(timeout=300) == 0, listed.stderr.read()[-800:]
+    runs = client.search_runs([trial.info.experiment_id])
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
+    assert client.get_run(trial.info.run_id).info.status == "KILLED"
