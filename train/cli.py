@@ -507,6 +507,113 @@ def serve(
     )
 
 
+@cli.command()
+@click.argument("model")
+@click.option("--pool", "pool_path", required=True, type=click.Path(dir_okay=False), help="Unlabelled sentences.")
+@click.option("--n", "count", required=True, type=click.IntRange(1, 1_000_000), help="How many to choose.")
+@click.option(
+    "--strategy",
+    default="mixed",
+    show_default=True,
+    type=click.Choice(["uncertainty", "diverse", "mixed", "random"]),
+    help="uncertainty: nearest the decision; diverse: spread out (k-center); mixed: uncertain, then spread out.",
+)
+@click.option("--per-article", default=3, show_default=True, type=click.IntRange(0), help="Cap per article (0: none).")
+@click.option("--seed", default=13, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--out", default="-", show_default=True, help="Where to write the batch; '-' = stdout.")
+@click.option("--format", "fmt", default="jsonl", show_default=True, type=click.Choice(["jsonl", "label-studio"]))
+@click.option("--label-config", default=None, help="Also write the Label Studio labeling config (XML) here.")
+@click.option("--target", default=None, help='Stance target for rows without one (default "closer Iran–Iraq ties").')
+@click.option("--group-column", default="doc_id", show_default=True, help="The pool's article column.")
+@click.option(
+    "--exclude", multiple=True, type=click.Path(dir_okay=False), help="Skip sentences in this file (repeatable)."
+)
+@backend_options()
+def select(
+    model,
+    pool_path,
+    count,
+    strategy,
+    per_article,
+    seed,
+    out,
+    fmt,
+    label_config,
+    target,
+    group_column,
+    exclude,
+    backend,
+    force_backend,
+) -> None:
+    """Choose the pool sentences worth labelling next with MODEL, its labels filled in as suggestions."""
+    from train.inputs import check_writable_file, write_text_file
+    from train.selection.labelstudio import label_config as config_xml
+    from train.selection.labelstudio import tasks_json
+    from train.selection.select import select as run_select
+    from train.selection.select import selection_jsonl
+
+    if target is not None and not target.strip():
+        raise TaggerError("--target is empty")
+    for path, option in ((out, "--out"), (label_config, "--label-config")):
+        if path and path != "-":
+            check_writable_file(path, option)
+    chosen = run_select(
+        model,
+        Path(pool_path),
+        count,
+        strategy,
+        seed,
+        per_article,
+        target,
+        group_column,
+        tuple(Path(p) for p in exclude),
+        backend,
+        force_backend,
+    )
+    text = tasks_json(chosen.rows) if fmt == "label-studio" else selection_jsonl(chosen)
+    if label_config:
+        write_text_file(label_config, config_xml(), "--label-config")
+    mean = sum(r["selection"]["uncertainty"] for r in chosen.rows) / max(len(chosen.rows), 1)
+    log.info(
+        "chose %d of %d pool sentences by %s (mean uncertainty %.3f; pool %.3f)",
+        len(chosen.rows),
+        chosen.pool_size,
+        strategy,
+        mean,
+        chosen.pool_uncertainty,
+    )
+    if out == "-":
+        click.echo(text, nl=False)
+    else:
+        write_text_file(out, text, "--out")
+
+
+@cli.command("import-labels")
+@click.argument("export_path", metavar="EXPORT.json", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, help="JSONL to write in the project's schema; '-' = stdout.")
+def import_labels(export_path: str, out: str) -> None:
+    """Turn a Label Studio JSON export into the project's schema (id, doc_id, text, target, topics, stance)."""
+    from train.inputs import check_writable_file, write_text_file
+    from train.selection.labelstudio import import_labels as run_import
+    from train.selection.labelstudio import labels_jsonl
+
+    if out != "-":
+        check_writable_file(out, "--out")
+    rows, counts = run_import(Path(export_path))
+    log.info(
+        "imported %d labelled sentences; skipped %d tasks without a submitted annotation; "
+        "%d tasks whose annotators disagreed (kept the ground-truth or latest one); %d without a target (default used)",
+        len(rows),
+        counts["unlabelled"],
+        counts["disagreements"],
+        counts["default_target"],
+    )
+    if out == "-":
+        click.echo(labels_jsonl(rows), nl=False)
+    else:
+        write_text_file(out, labels_jsonl(rows), "--out")
+
+
 def is_loopback(host: str) -> bool:
     import ipaddress
 
