@@ -407,6 +407,7 @@ def test_connections_over_the_limit_are_answered_503(limited_server):
         (None, {"content": b"reload please", "headers": {"content-type": "application/json"}}, 422),
         (None, {"content": b"[]", "headers": {"content-type": "application/json"}}, 422),
         (None, {"content": b"", "headers": {"content-type": "application/json"}}, 422),
+        (None, {"content": b"[" * 100_000 + b"]" * 100_000, "headers": {"content-type": "application/json"}}, 422),
     ],
 )
 def test_admin_origin_is_compared_in_full_with_an_allow_list(limited_server, origin, kwargs, status):

@@ -322,7 +322,7 @@ def create_app(
         check_admin(request, admin_token, origins)
         try:
             body = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             body = None
         if not isinstance(body, dict):
             raise HTTPException(422, "the admin request body must be a JSON object, e.g. {}")

@@ -149,7 +149,11 @@ class MicroBatcher:
 
     def _take(self) -> tuple[Tagger, list[tuple[_Job, int, int]]]:
         """The next batch: slices ``(job, start, end)`` of the jobs with the least work left, all on the
-        same models; at least one sentence, however long."""
+        same models; at least one sentence, however long.
+
+        Only the first job is cut into slices; later ones join only whole, so a small request is never
+        tagged in the same (slower) call as a slice of a big one.
+        """
         self._pending = [job for job in self._pending if not job.future.done()]  # gave up (deadline)
         self._pending.sort(key=lambda job: job.chars_left)  # stable: arrival order among equals
         current = self.get_tagger()  # a reload takes effect for jobs not started yet
@@ -167,7 +171,7 @@ class MicroBatcher:
                 chars += job.ends[end + 1] - job.ends[end]
                 sentences += 1
                 end += 1
-            if end == job.done:
+            if end == job.done or (batch and end < len(job.sentences)):
                 break
             job.tagger = tagger
             batch.append((job, job.done, end))
