@@ -2250,6 +2250,11 @@ def http_cases_round2() -> list[tuple[str, int | tuple[int, ...], Callable[[Serv
             400,
             lambda s: raw_request(s, b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"),
         ),
+        (
+            "request headers of 100 KB (over 64 KiB)",
+            431,
+            lambda s: raw_request(s, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"),
+        ),
     ]
 
 
@@ -2894,7 +2899,9 @@ def section_connections(bench: Bench) -> dict:
     def allowed(limit: float) -> float:
         return limit + max(CLOSE_MARGIN_S, 0.2 * limit)
 
-    limits = {"slow": header_limit, "idle": max(header_limit, idle_limit), "kept": idle_limit}
+    # README: headers must be complete within the header limit of the connection opening (a fresh idle
+    # connection too, closed without an answer); a kept-alive connection idle after a response gets the idle limit
+    limits = {"slow": header_limit, "idle": header_limit, "kept": idle_limit}
     window = max(allowed(v) for v in limits.values()) + 5.0
     home, _ = bench.models()
     with serving(home, "connections") as server:
@@ -3020,8 +3027,8 @@ def goals(sections: dict[str, dict]) -> dict[str, dict]:
             slow["closed_within_limit"] == slow["connections"],
         )
         found["idle_connections_closed"] = goal(
-            f"all closed within the idle / header limits ({conn['idle_limit_s']:g} s / "
-            f"{conn['header_limit_s']:g} s + margin)",
+            f"all closed within the header limit (fresh) / idle limit (after a request) ({conn['header_limit_s']:g} s"
+            f" / {conn['idle_limit_s']:g} s + margin)",
             f"{sum(k['closed_within_limit'] for k in idle)} of {sum(k['connections'] for k in idle)}",
             all(k["closed_within_limit"] == k["connections"] for k in idle),
         )
