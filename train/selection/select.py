@@ -159,7 +159,7 @@ def score_pool(model: str, pool: Pool, backend: str | None = None, force_backend
         field = "topics" if classifier.multilabel else "stance"
         for suggestion, decided, row in zip(suggestions, classifier.decide(proba), proba, strict=True):
             suggestion[field] = decided
-            suggestion[f"{field}_scores"] = _rounded(classifier.labels, row)
+            suggestion["topic_scores" if classifier.multilabel else "stance_scores"] = _rounded(classifier.labels, row)
     return Scored(suggestions, np.max(uncertainties, axis=0))
 
 

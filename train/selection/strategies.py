@@ -106,7 +106,7 @@ def k_center_greedy(
         chosen.append((pick, distance))
         open_[pick] = False
         open_[limit.take(pick)] = False
-        similarity = np.asarray((vectors @ vectors[pick].T).todense()).ravel()
+        similarity = vectors @ vectors[pick].toarray().ravel()  # sparse matrix x dense vector: O(non-zeros)
         nearest = np.minimum(nearest, np.clip(1.0 - similarity, 0.0, 2.0))
         if not open_.any():
             break
