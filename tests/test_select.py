@@ -47,13 +47,27 @@ def test_uncertainty_is_one_on_the_decision_boundary():
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_each_strategy_gives_n_distinct_sentences_within_the_cap_and_repeats_with_its_seed(scored, strategy):
     sentences, result = scored
-    args = (40, result.uncertainty, sentences.texts, sentences.groups, 2)
+    args = (40, result.uncertainty, sentences.texts, sentences.groups, 1)
     picks = choose(strategy, *args, seed=7)
     chosen = [i for i, _ in picks]
     assert len(chosen) == len(set(chosen)) == 40
-    assert max(Counter(sentences.groups[i] for i in chosen).values()) <= 2
+    assert max(Counter(sentences.groups[i] for i in chosen).values()) == 1
     assert choose(strategy, *args, seed=7) == picks
     assert [i for i, _ in choose(strategy, *args, seed=8)] != chosen or strategy in ("uncertainty", "mixed")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_the_cap_binds_where_one_article_holds_the_most_uncertain_and_most_varied_sentences(strategy):
+    words = "troops gas tariffs envoy pipeline drone summit grain".split()
+    texts = [f"{w} " * 6 + w.upper() for w in words]  # article a: eight unlike sentences, all uncertain
+    texts += [f"The ministers met again on day {d} of talks in {c}." for c in ("Rome", "Oslo", "Lima") for d in (1, 2)]
+    groups = ["a"] * 8 + ["b", "b", "c", "c", "d", "d"]
+    uncertainty = np.array([0.9] * 8 + [0.1] * 6)
+    for cap, most in ((2, 2), (0, 3)):
+        picks = [i for i, _ in choose(strategy, 6, uncertainty, texts, groups, cap, 0)]
+        assert len(set(picks)) == 6
+        taken = Counter(groups[i] for i in picks)["a"]
+        assert taken <= most if cap else taken >= most or strategy == "random"
 
 
 def test_uncertainty_picks_sentences_nearer_the_topic_thresholds_than_random(registry, pool):
