@@ -294,3 +294,9 @@ def test_an_export_in_another_format_is_one_error_line(monkeypatch, capsys, tmp_
     args = ("import-labels", str(export), "--out", str(tmp_path / "o.jsonl"))
     code, lines = run_main(monkeypatch, capsys, *args, store=os.environ["MLFLOW_TRACKING_URI"])
     assert code == 2 and len(lines) == 1 and "line 1 (task 1, id 1)" in lines[0] and "JSON format" in lines[0]
+
+
+def test_a_missing_exclude_file_is_one_error_line_naming_the_option(monkeypatch, capsys, pool, tmp_path):
+    args = ("select", COMBINED, "--pool", str(pool), "--n", "3", "--exclude", str(tmp_path / "round-1.jsonl"))
+    code, lines = run_main(monkeypatch, capsys, *args, store=os.environ["MLFLOW_TRACKING_URI"])
+    assert code == 2 and lines == [f"error: --exclude {tmp_path / 'round-1.jsonl'}: data file not found"]

@@ -114,7 +114,10 @@ def _excluded(paths: tuple[Path, ...]) -> tuple[set[str], set[str]]:
     """Ids and sentence keys of files already labelled (or chosen in an earlier round)."""
     ids, texts = set(), set()
     for path in paths:
-        frame, _ = read_table(path)
+        try:
+            frame, _ = read_table(path)
+        except TaggerError as exc:
+            raise TaggerError(f"--exclude {exc}") from None
         if "text" not in frame.columns:
             raise TaggerError(f"--exclude {path}: missing column 'text'")
         if "id" in frame.columns:
