@@ -65,7 +65,7 @@ def _label_map_keys(value: Any) -> Any:
 
 
 class DataConfig(_Strict):
-    train: Path
+    train: Path | dict[str, Path]  # one file, or named corpora {real: a.jsonl, written: b.jsonl} trained together
     format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet"] = "auto"
     encoding: str = "utf-8"
     columns: Columns = Field(default_factory=Columns)
@@ -78,6 +78,22 @@ class DataConfig(_Strict):
 
     _encoding = field_validator("encoding")(_known_encoding)
     _label_map = field_validator("label_map", mode="before")(_label_map_keys)
+
+    @field_validator("train")
+    @classmethod
+    def _corpus_names(cls, value: Path | dict[str, Path]) -> Path | dict[str, Path]:
+        if isinstance(value, dict):
+            if not value:
+                raise ValueError("name at least one corpus, e.g. {real: data/train/real.jsonl}")
+            for name in value:
+                if not re.match(r"^[A-Za-z0-9_-]{1,32}$", name):
+                    raise ValueError(f"corpus name '{name}': use up to 32 letters, digits, '-' or '_' (names metrics)")
+        return value
+
+    @property
+    def corpora(self) -> dict[str, Path]:
+        """The training files by corpus name (one unnamed file: its stem)."""
+        return dict(self.train) if isinstance(self.train, dict) else {self.train.stem: self.train}
 
 
 class SplitConfig(_Strict):
@@ -343,7 +359,10 @@ def resolve_paths(config: Config, base: Path) -> Config:
                 return (root / p).resolve()
         return (Path.cwd() / p).resolve()
 
-    config.data.train = fix(config.data.train)
+    if isinstance(config.data.train, dict):
+        config.data.train = {name: fix(path) for name, path in config.data.train.items()}
+    else:
+        config.data.train = fix(config.data.train)
     for s in config.evaluation.sets:
         s.path = fix(s.path)
     return config

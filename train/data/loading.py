@@ -13,9 +13,10 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from train.data.sentences import is_blank
@@ -41,6 +42,17 @@ class LabelledData:
     path: Path
     frame: pd.DataFrame
     sha256: str
+    files: dict[str, tuple[Path, str]] = field(default_factory=dict)  # corpus name -> (file, sha256)
+
+    @property
+    def corpora(self) -> list[str]:
+        """Corpus names when several files were trained together (column ``corpus``), else []."""
+        return list(self.files) if len(self.files) > 1 else []
+
+    def subset(self, rows) -> LabelledData:
+        """The same dataset restricted to ``rows`` (a mask or positions), renumbered from 0."""
+        frame = self.frame.iloc[np.flatnonzero(rows) if np.asarray(rows).dtype == np.bool_ else rows]
+        return LabelledData(self.path, frame.reset_index(drop=True), self.sha256, self.files)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -326,6 +338,8 @@ def load_for(config, eval_set=None, require_labels: bool = True) -> LabelledData
         value = getattr(eval_set, name, None) if eval_set else None
         return value if value is not None else getattr(config.data, name)
 
+    if eval_set is None and isinstance(config.data.train, dict):
+        return _load_corpora(config, require_labels)
     path = Path(source.path if eval_set else config.data.train)
     fmt = source.format
     if eval_set and fmt == "auto" and path.suffix.lower() not in FORMATS:
@@ -343,3 +357,32 @@ def load_for(config, eval_set=None, require_labels: bool = True) -> LabelledData
         require_labels=require_labels,
         max_text_chars=config.data.max_text_chars,
     )
+
+
+def _load_corpora(config, require_labels: bool) -> LabelledData:
+    """Several named training files as one dataset with a ``corpus`` column; ids must be unique across them."""
+    parts, files, first = [], {}, {}
+    for name, path in config.data.train.items():
+        data = load_labelled(
+            Path(path),
+            task_type=config.task.type,
+            labels=config.task.labels,
+            columns=config.data.columns,
+            fmt=config.data.format,
+            encoding=config.data.encoding,
+            label_map=config.data.label_map,
+            label_separator=config.data.label_separator,
+            default_target=config.data.default_target,
+            require_labels=require_labels,
+            max_text_chars=config.data.max_text_chars,
+        )
+        for record_id, line in zip(data.frame["id"], data.frame["line"], strict=True):
+            if record_id in first:
+                other, other_line = first[record_id]
+                raise TaggerError(f"{path} line {line}: duplicate id '{record_id}' (also {other} line {other_line})")
+            first[record_id] = (path, line)
+        parts.append(data.frame.assign(corpus=name))
+        files[name] = (Path(path), data.sha256)
+    combined = hashlib.sha256("".join(f"{n}:{sha}" for n, (_, sha) in files.items()).encode()).hexdigest()
+    frame = pd.concat(parts, ignore_index=True)
+    return LabelledData(next(iter(files.values()))[0], frame, combined, files)

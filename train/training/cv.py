@@ -85,7 +85,7 @@ def plan_folds(config: Config, data: LabelledData, model: TextClassifier, folds:
     assignments = fold_assignments(config, data, onehot, folds, repeats)
     for fold_ids in assignments:
         for k in range(folds):
-            part = LabelledData(data.path, data.frame[fold_ids != k].reset_index(drop=True), data.sha256)
+            part = data.subset(fold_ids != k)
             check_trainable(config, part, model)
     return FoldPlan(data, Y, assignments, folds)
 
@@ -120,17 +120,27 @@ def score_folds(config: Config, plan: FoldPlan, oof: np.ndarray, done: list[tupl
     far, and a first fold alone is scored with the untuned decision.
     """
     results = []
+    corpora = plan.data.corpora
+    corpus = plan.data.frame["corpus"].to_numpy() if corpora else None
     for r, k in done:
         others = np.isin(plan.assignments[r], [j for rr, j in done if rr == r and j != k])
-        results.append(held_out_metrics(config, plan.Y, oof[r], others, plan.held_out(r, k)))
+        held = plan.held_out(r, k)
+        metrics = held_out_metrics(config, plan.Y, oof[r], others, held)
+        for name in corpora:  # the same decision, scored on each corpus's held-out sentences alone
+            rows = held & (corpus == name)
+            if rows.any():
+                part = held_out_metrics(config, plan.Y, oof[r], others, rows)
+                metrics.update({f"{name}/{metric}": value for metric, value in part.items()})
+        results.append(metrics)
     return results
 
 
 def summarize(fold_metrics: list[dict]) -> dict[str, float]:
     """``cv/<metric>_mean`` and ``cv/<metric>_std`` over folds, for every metric the folds have."""
     summary = {}
-    for name in fold_metrics[0]:
-        values = np.array([m[name] for m in fold_metrics])
+    names = dict.fromkeys(name for m in fold_metrics for name in m)  # a corpus may miss from a fold
+    for name in names:
+        values = np.array([m[name] for m in fold_metrics if name in m])
         summary[f"cv/{name}_mean"], summary[f"cv/{name}_std"] = float(values.mean()), float(values.std())
     return summary
 

@@ -105,8 +105,7 @@ def prepare(config: Config) -> Prepared:
         )
     except ValueError as exc:
         raise TaggerError(f"{data.path}: cannot split into train and dev: {exc}") from None
-    train_part = LabelledData(data.path, data.frame.iloc[train_idx].reset_index(drop=True), data.sha256)
-    dev_part = LabelledData(data.path, data.frame.iloc[dev_idx].reset_index(drop=True), data.sha256)
+    train_part, dev_part = data.subset(train_idx), data.subset(dev_idx)
     model = build_model(config.model.family, config.task.type, config.task.labels, config.model.params, config.seed)
     check_trainable(config, train_part, model)
     return Prepared(data, eval_sets, leak_counts, train_part, dev_part, model)
@@ -180,7 +179,9 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
             if len(model.backends) > 1:
                 check_parity(model, [dev_part, *eval_sets.values()])
             with step("evaluating"):
-                results = evaluate_all(config, model, [("dev", dev_part), *eval_sets.items()], train_labels, workdir)
+                corpora = [(f"dev_{n}", dev_part.subset(dev_part.frame["corpus"] == n)) for n in dev_part.corpora]
+                parts = [("dev", dev_part), *[c for c in corpora if len(c[1])], *eval_sets.items()]
+                results = evaluate_all(config, model, parts, train_labels, workdir)
             confidence = f"{config.evaluation.confidence:.0%} bootstrap intervals"
             table = score_table(results)
             log.info("scores of run %s (%s):\n%s", run.info.run_id, confidence, table)
@@ -231,7 +232,11 @@ def run_tags(config: Config, config_path, prepared: Prepared, workdir: Path) -> 
         "git_dirty": str(dirty),
         "mlflow.source.git.commit": commit,
         "config_file": str(config_path or ""),
-        f"dataset_sha256.{prepared.data.path.name}": prepared.data.sha256,
+        **(
+            {f"dataset_sha256.{path.name}": sha for path, sha in prepared.data.files.values()}
+            if prepared.data.files
+            else {f"dataset_sha256.{prepared.data.path.name}": prepared.data.sha256}
+        ),
         **{f"dataset_sha256.{name}": d.sha256 for name, d in prepared.eval_sets.items()},
         **{f"version.{k}": v for k, v in store.library_versions().items()},
         **store.process_tags(workdir),
