@@ -60,3 +60,13 @@ def test_an_id_in_two_corpora_is_an_error_naming_both(two_corpora, tmp_path):
 def test_corpus_names_are_checked():
     with pytest.raises(TaggerError, match="corpus name 'a/b'"):
         load_config(TOPIC, ["data.train={a/b: x.jsonl}"])
+
+
+def test_unreviewed_suggestions_are_refused(tmp_path, small_train):
+    from train.data.loading import load_for
+
+    rows = read_jsonl(small_train)[:20]
+    rows[2] = {**rows[2], "suggested": True}
+    path = write_jsonl(tmp_path / "picked.jsonl", [{**r, "suggested": r.get("suggested", False)} for r in rows])
+    with pytest.raises(TaggerError, match=r"picked.jsonl line 3: .*suggestions"):
+        load_for(load_config(TOPIC, [f"data.train={path}"]))

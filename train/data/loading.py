@@ -273,6 +273,13 @@ def load_labelled(
             )
         return mapped
 
+    if require_labels and "suggested" in frame.columns:  # ``tagger select`` output not yet reviewed
+        flagged = [i for i, value in enumerate(frame["suggested"].tolist()) if value is True]
+        if flagged:
+            raise TaggerError(
+                f"{where(flagged[0])}: labels are a model's suggestions (\"suggested\": true) not reviewed by a "
+                "person; review them and set suggested to false (or use tagger import-labels)"
+            )
     ids = frame[columns.id].tolist() if columns.id else [str(n) for n in lines]
     seen: dict[str, int] = {}
     records = []
