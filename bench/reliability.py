@@ -699,9 +699,9 @@ def kill_at(bench: Bench, home: Home, phase: KillPhase) -> dict:
     return kill_command(home, target, f"train-{phase.name}")
 
 
-def runs_all(home: Home) -> tuple[CliResult, list[dict] | None]:
+def runs_all(home: Home, env_extra: dict[str, str] | None = None) -> tuple[CliResult, list[dict] | None]:
     """``tagger runs --task topic --all --json`` and its parsed rows (None when not JSON Lines)."""
-    result = run_cli(home, ["runs", "--task", "topic", "--all", "--json"])
+    result = run_cli(home, ["runs", "--task", "topic", "--all", "--json"], env_extra=env_extra)
     try:
         rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     except json.JSONDecodeError:
@@ -710,8 +710,10 @@ def runs_all(home: Home) -> tuple[CliResult, list[dict] | None]:
 
 
 def check_after_kill(bench: Bench, home: Home, killed: dict) -> dict:
-    """Store opens, killed run marked KILLED (or no run left RUNNING), and a new training finishes."""
-    listing, rows = runs_all(home)
+    """Store opens, killed run marked KILLED (or no run left RUNNING), and a new training finishes (the
+    next commands share the killed one's TMPDIR, so they could clean up after it)."""
+    same_tmp = {"TMPDIR": killed["tmpdir"]}
+    listing, rows = runs_all(home, same_tmp)
     flag_missing = listing.rc == 2 and "no such option" in listing.stderr.lower()
     statuses = {row.get("run_id"): row.get("status") for row in rows or []}
     run_id = killed["run_id"]
@@ -721,7 +723,7 @@ def check_after_kill(bench: Bench, home: Home, killed: dict) -> dict:
     else:
         marked = listing.rc == 0 and rows is not None and "RUNNING" not in statuses.values()
         seen_status = "no run was created"
-    follow_up = run_cli(home, train_args("topic_svm", data=bench.slice))
+    follow_up = run_cli(home, train_args("topic_svm", data=bench.slice), env_extra=same_tmp)
     follow_run = last_line(follow_up.stdout)
     in_store, store_error = store_runs(home)
     check = {
@@ -935,10 +937,10 @@ def kill_command(home: Home, target: KillTarget, label: str) -> dict:
     }
 
 
-def running_after_next(home: Home, task: str = "topic") -> dict:
-    """The next command (``tagger runs --all``, which marks runs of dead processes KILLED), then every
-    run in the store that is still RUNNING."""
-    listing = run_cli(home, ["runs", "--task", task, "--all", "--json"])
+def running_after_next(home: Home, tmpdir: str, task: str = "topic") -> dict:
+    """The next command (``tagger runs --all``, which marks runs of dead processes KILLED; with the killed
+    command's TMPDIR), then every run in the store that is still RUNNING."""
+    listing = run_cli(home, ["runs", "--task", task, "--all", "--json"], env_extra={"TMPDIR": tmpdir})
     statuses, error = store_runs(home, None)
     running = sorted(run for run, status in statuses.items() if status == "RUNNING")
     return {
@@ -975,7 +977,7 @@ def kill_cv(bench: Bench) -> dict:
     ]
     say("kill/cv: tagger cv, kill -9 in fold 2/3")
     killed = kill_command(home, KillTarget("cv", args, "fold 2/3", 0.5), "cv")
-    after = running_after_next(home)
+    after = running_after_next(home, killed["tmpdir"])
     result = {**killed, **after, "runs_without_pid_tag": missing_pid_tags(home)}
     result["tmp_entries_left"] = sorted(p.name for p in Path(killed["tmpdir"]).iterdir())
     result["passed"] = bool(
@@ -1010,7 +1012,7 @@ def kill_sweep(bench: Bench) -> dict:
     ]
     say("kill/sweep: tagger sweep --jobs 2, kill -9 of the parent 1 s after the first trial ended")
     killed = kill_command(home, KillTarget("sweep", args, " cv/f1_macro_mean 0.", 1.0), "sweep")
-    after = running_after_next(home)
+    after = running_after_next(home, killed["tmpdir"])
     result = {**killed, **after, "runs_without_pid_tag": missing_pid_tags(home)}
     result["tmp_entries_left"] = sorted(p.name for p in Path(killed["tmpdir"]).iterdir())
     result["passed"] = bool(
@@ -1072,7 +1074,7 @@ def kill_promote(bench: Bench, quick: bool) -> dict:
             ready=lambda sql=sql, before=before: sqlite_count(home.db, sql) > before,
         )
         killed = kill_command(home, target, f"promote-{name}")
-        following = run_cli(home, ["promote", "--task", "topic"])
+        following = run_cli(home, ["promote", "--task", "topic"], env_extra={"TMPDIR": killed["tmpdir"]})
         registry = registry_state(home)
         registry["duplicate_versions"] = [  # new in this phase
             f"{key} registered {n} times"
@@ -1089,6 +1091,7 @@ def kill_promote(bench: Bench, quick: bool) -> dict:
             "next_promote_output": last_line(following.stdout) or following.describe(),
             **registry,
             "previous_alias_missing": missing_previous,
+            "tmp_entries_left": sorted(p.name for p in Path(killed["tmpdir"]).iterdir()),
         }
         result["passed"] = bool(
             killed["marker_seen"]
