@@ -13,6 +13,7 @@ from conftest import ROOT, read_jsonl, run_main, write_jsonl
 
 TOPIC = str(ROOT / "configs/topic/tfidf_logreg.yaml")
 STANCE = str(ROOT / "configs/stance/tfidf_logreg.yaml")
+SEEDS = str(ROOT / "data/eval/seeds.jsonl")
 SECRET = "s3cr3t-line-that-must-never-be-printed"
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -45,6 +46,12 @@ def _secret(tmp_path: Path, name: str = "secret") -> str:
 def _labelled(tmp_path: Path, label) -> str:
     rows = read_jsonl(ROOT / "data/train/news_sentences.jsonl")[:40]
     rows[17] = {**rows[17], "topics": label, "stance": label}
+    return str(write_jsonl(tmp_path / "train.jsonl", rows))
+
+
+def _object_id(tmp_path: Path) -> str:
+    rows = read_jsonl(ROOT / "data/train/news_sentences.jsonl")[:40]
+    rows[6] = {**rows[6], "id": {"nested": 1}}
     return str(write_jsonl(tmp_path / "train.jsonl", rows))
 
 
@@ -93,11 +100,17 @@ CASES = [
     ("nested label", lambda t: ["train", TOPIC, "--set", f"data.train={_labelled(t, [['energy']])}"], "line 18"),
     ("dict label", lambda t: ["train", STANCE, "--set", f"data.train={_labelled(t, {'v': 1})}"], "got dict"),
     ("lone surrogate", lambda t: ["train", TOPIC, "--set", f"data.train={_surrogate(t)}"], "line 5: a lone surrogate"),
+    ("object id", lambda t: ["train", TOPIC, "--set", f"data.train={_object_id(t)}"], "an id must be a string"),
+    (
+        "store in /proc",
+        lambda t: ["train", TOPIC, "--set", "tracking.uri=sqlite:////proc/nope/x.db"],
+        "tracking store sqlite:////proc/nope/x.db: folder",
+    ),
     ("runs limit", lambda t: ["runs", "--task", "topic", "--limit", "-5"], "--limit"),
     ("output /dev/full", lambda t: ["split-seeds", "--output", "/dev/full"], "not a regular file"),
     ("output no folder", lambda t: ["split-seeds", "--output", str(t / "missing" / "s.jsonl")], "does not exist"),
     ("output folder", lambda t: ["split-seeds", "--output", str(t)], "is a folder"),
-    ("report dir /proc", lambda t: ["evaluate", "x", "--data", "d.jsonl", "--report-dir", "/proc/x"], "cannot write"),
+    ("report dir /proc", lambda t: ["evaluate", "x", "--data", SEEDS, "--report-dir", "/proc/x"], "cannot write"),
     (
         "export under a file",
         lambda t: ["export", "--task", "topic", "--out", str(Path(_config(t, "x: 1\n")) / "m")],
@@ -193,6 +206,7 @@ SWEEP_CASES = [
     ("infinite bound", "  model.params.C: {type: float, low: 1, high: .inf}\n", [], "finite number"),
     ("huge int bound", "  model.params.min_df: {type: int, low: 1, high: 100000000000}\n", [], "less than or equal"),
     ("study traversal", "  model.params.C: {type: float, low: 1, high: 2}\n", ["--study", "../../../X"], "--study"),
+    ("empty study", "  model.params.C: {type: float, low: 1, high: 2}\n", ["--study", ""], "--study ''"),
     (
         "storage in /proc",
         "  model.params.C: {type: float, low: 1, high: 2}\n",
@@ -254,3 +268,33 @@ def test_a_suggest_that_raises_counts_as_a_failure(tmp_path, small_train, monkey
 
     with pytest.raises(TaggerError, match="the sampler cannot draw this value"):
         sweep_module.sweep(TOPIC, space, 50, overrides=(f"data.train={small_train}",))
+
+
+# --- temporary files ----------------------------------------------------------------------------------------
+
+
+def test_a_killed_command_leaves_no_temporary_files_after_the_next(tmp_path, small_train):
+    """Every command works in its own temporary folder: removed at exit, or by the next command after kill -9."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "TAGGER_PRIVATE_TMPDIR"}
+    env.update(TMPDIR=str(scratch), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}", TAGGER_HOME=str(tmp_path))
+    tagger = [sys.executable, "-c", "from train.cli import main; main()"]
+    args = ["train", TOPIC, "--set", f"data.train={small_train}", "--set", "evaluation.bootstrap_samples=0"]
+    process = subprocess.Popen([*tagger, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mine = scratch / f"tagger-{os.getuid()}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (mine.exists() and any(mine.iterdir())):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert [p.name.split("-")[0] for p in mine.iterdir()] == [str(process.pid)]  # left behind by the kill
+    done = subprocess.run([*tagger, "runs", "--task", "topic", "--all"], env=env, capture_output=True, timeout=120)
+    assert done.returncode in (0, 2), done.stderr
+    assert list(scratch.iterdir()) == []  # the next command removed it, and its own

@@ -69,6 +69,9 @@ def cli(verbose: bool) -> None:
         datefmt="%H:%M:%S",
     )
     quiet_libraries()
+    from train.processes import use_private_tempdir
+
+    use_private_tempdir()  # temporary files of this command go with it, even after kill -9
 
 
 @cli.command()
@@ -190,8 +193,9 @@ def evaluate(
 ) -> None:
     """Evaluate MODEL on a labelled file and print its metrics (rounded to 4 decimals)."""
     from train.evaluation.evaluate import evaluate_model
-    from train.inputs import check_writable_file, check_writable_folder, write_text_file
+    from train.inputs import check_user_file, check_writable_file, check_writable_folder, write_text_file
 
+    check_user_file(data_path, "data file")  # before the model is loaded
     if output:
         check_writable_file(output, "--output")
     if report_dir:

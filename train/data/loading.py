@@ -286,6 +286,8 @@ def load_labelled(
     for i, record_id in enumerate(ids):
         if record_id is None or (isinstance(record_id, float) and pd.isna(record_id)) or not str(record_id).strip():
             raise TaggerError(f"{where(i)}: missing id in column '{columns.id}'")
+        if not isinstance(record_id, str | int | np.integer):
+            raise TaggerError(f"{where(i)}: an id must be a string or an integer, got {type(record_id).__name__}")
         record_id = str(record_id)
         if record_id in seen:
             raise TaggerError(f"{where(i)}: duplicate id '{record_id}' (first at line {seen[record_id]})")

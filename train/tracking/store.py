@@ -29,6 +29,7 @@ import mlflow
 
 from train.config import PROJECT_ROOT, tracking_uri_problem
 from train.errors import TaggerError
+from train.processes import process_alive  # noqa: F401 (re-exported: stale-run marking)
 
 log = logging.getLogger("tagger")
 
@@ -116,6 +117,11 @@ def setup(configured_uri: str | None = None, experiment: str | None = None) -> s
     problem = tracking_uri_problem(uri)
     if problem:
         raise TaggerError(f"tracking store {redact(uri)}: {problem}; check MLFLOW_TRACKING_URI or tracking.uri")
+    database = sqlite_path(uri)
+    if database is not None and not database.exists():
+        from train.inputs import check_writable_folder
+
+        check_writable_folder(str(database.parent), f"tracking store {redact(uri)}: folder")
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -283,19 +289,6 @@ def process_tags(workdir: str | Path | None = None) -> dict[str, str]:
     if workdir is not None:
         tags[WORKDIR_TAG] = str(workdir)
     return tags
-
-
-def process_alive(pid: str | None, started: str | None) -> bool:
-    """Whether process ``pid`` of this host still runs (and is the same process: ``started`` is its start time)."""
-    import psutil
-
-    try:
-        process = psutil.Process(int(pid))
-        return started is None or abs(process.create_time() - float(started)) < 1.0  # else the pid was reused
-    except (TypeError, ValueError, psutil.NoSuchProcess):
-        return False
-    except psutil.AccessDenied:
-        return True
 
 
 def mark_stale_runs() -> list[str]:

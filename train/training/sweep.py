@@ -139,7 +139,7 @@ def sweep(
     space = load_space(space_path)
     check_space(space, config_path, list(overrides), space_path)
     objective, direction = resolve_objective(config, space, objective)
-    study_name = check_study_name(study_name or f"{config.task.name}-{Path(config_path).stem}")
+    study_name = check_study_name(f"{config.task.name}-{Path(config_path).stem}" if study_name is None else study_name)
     storage_url = storage or default_storage()
     check_storage(storage_url)
     out = Path(out) if out else sweep_folder(study_name)

@@ -1,0 +1,71 @@
+"""This process and its leftovers: whether a process still runs, and a private temporary folder per command.
+
+Libraries (MLflow above all) create temporary folders they remove only when they finish; a command
+killed with ``kill -9``, or one that stops on a user error, would leave them behind. Every ``tagger``
+command therefore works in ``$TMPDIR/tagger-<uid>/<pid>-<start time>``: removed when the command
+exits (also on errors), and removed by the next command when the process that made it is gone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import psutil
+
+
+def process_alive(pid: str | int | None, started: str | float | None) -> bool:
+    """Whether process ``pid`` of this host still runs (and is the same process: ``started`` is its start time)."""
+    try:
+        process = psutil.Process(int(pid))
+        return started is None or abs(process.create_time() - float(started)) < 1.0  # else the pid was reused
+    except (TypeError, ValueError, psutil.NoSuchProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def _remove_dead(root: Path) -> None:
+    """Remove the folders of ``root`` whose process is gone."""
+    for entry in root.iterdir():
+        pid, _, started = entry.name.partition("-")
+        if started and not process_alive(pid, started):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _remove(folder: Path, root: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        root.rmdir()  # only when no other command is using it
+
+
+def use_private_tempdir() -> Path | None:
+    """Point ``tempfile`` and ``$TMPDIR`` (inherited by worker processes) at this command's own folder."""
+    if os.environ.get("TAGGER_PRIVATE_TMPDIR"):  # a worker of a command: share its parent's folder
+        return None
+    base = Path(tempfile.gettempdir())
+    root = base / f"tagger-{os.getuid()}"
+    started = psutil.Process().create_time()
+    mine = root / f"{os.getpid()}-{started:.2f}"
+    try:
+        for _ in range(3):  # another command may remove an empty root between the two calls
+            root.mkdir(mode=0o700, exist_ok=True)
+            try:
+                mine.mkdir(mode=0o700)
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            return None
+        _remove_dead(root)
+    except OSError:
+        return None  # an unwritable temporary folder: commands fail later with their own message
+    atexit.register(_remove, mine, root)
+    os.environ["TMPDIR"] = str(mine)
+    os.environ["TAGGER_PRIVATE_TMPDIR"] = str(mine)
+    tempfile.tempdir = str(mine)
+    return mine
