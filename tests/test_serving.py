@@ -335,13 +335,15 @@ def test_idle_slow_header_and_kept_alive_connections_are_closed(limited_server):
         conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
     huge = socket.create_connection(address)
     huge.sendall(b"GET /healthz HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n")
+    whole = socket.create_connection(address)  # oversize headers that arrive complete in one read
+    whole.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 100_000 + b"\r\n\r\n")
     kept = socket.create_connection(address)
     kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     began = time.monotonic()
     selector = selectors.DefaultSelector()
     replies: dict[socket.socket, bytes] = {}
     closed_at: dict[socket.socket, float] = {}
-    for conn in [*idle, *slow, huge, kept]:
+    for conn in [*idle, *slow, huge, whole, kept]:
         conn.setblocking(False)
         selector.register(conn, selectors.EVENT_READ)
         replies[conn] = b""
@@ -370,7 +372,7 @@ def test_idle_slow_header_and_kept_alive_connections_are_closed(limited_server):
     assert all(header - 0.1 <= closed_at[c] <= header + 1.5 and replies[c] == b"" for c in idle)
     assert all(header - 0.1 <= closed_at[c] <= header + 1.5 for c in slow)
     assert all(replies[c].startswith(b"HTTP/1.1 408 ") for c in slow)
-    assert replies[huge].startswith(b"HTTP/1.1 431 ")
+    assert replies[huge].startswith(b"HTTP/1.1 431 ") and replies[whole].startswith(b"HTTP/1.1 431 ")
     assert replies[kept].startswith(b"HTTP/1.1 200 ") and keep_alive - 0.1 <= closed_at[kept] <= keep_alive + 1.5
     assert {status for status, _ in normal} == {200} and max(took for _, took in normal) < 1.0
 

@@ -391,11 +391,15 @@ def guarded_protocol(header_timeout: float, max_connections: int, max_header_byt
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            super().data_received(data)
             if self._header_timer is not None and not self.transport.is_closing():
-                self._header_bytes += len(data)  # headers are still incomplete: all of it was headers
+                # counted before parsing: headers that arrive whole in one read are parsed (and the
+                # request dispatched) within super().data_received
+                end = data.find(b"\r\n\r\n")
+                self._header_bytes += len(data) if end < 0 else end + 4
                 if self._header_bytes > max_header_bytes:
                     self._refuse(431, f"request headers over {max_header_bytes} bytes")
+                    return
+            super().data_received(data)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
