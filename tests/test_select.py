@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, invoke, read_jsonl, run_main, write_jsonl
 
+from train.errors import TaggerError
 from train.selection.strategies import STRATEGIES, choose, multiclass_uncertainty, multilabel_uncertainty
 
 COMBINED = "models:/tagger@champion"
@@ -117,9 +118,12 @@ def test_select_writes_suggestions_in_the_schema_and_a_later_round_excludes_them
     assert [r["selection"]["rank"] for r in rows] == list(range(1, 16))
     assert {r["selection"]["strategy"] for r in rows} == {"mixed"} and rows[0]["selection"]["model"] == COMBINED
     columns = Columns(text="text", id="id", target="target", group="doc_id", labels="stance")
-    stance = load_labelled(out, task_type="multiclass", labels=STANCE_LABELS, columns=columns)
+    with pytest.raises(TaggerError, match="line 1: labels are a model's suggestions"):
+        load_labelled(out, task_type="multiclass", labels=STANCE_LABELS, columns=columns)  # not reviewed yet
+    reviewed = write_jsonl(tmp_path / "reviewed.jsonl", [{**r, "suggested": False} for r in rows])
+    stance = load_labelled(reviewed, task_type="multiclass", labels=STANCE_LABELS, columns=columns)
     topics = load_labelled(
-        out, task_type="multilabel", labels=TOPIC_LABELS, columns=columns.model_copy(update={"labels": "topics"})
+        reviewed, task_type="multilabel", labels=TOPIC_LABELS, columns=columns.model_copy(update={"labels": "topics"})
     )
     assert len(stance) == len(topics) == 15
     again = tmp_path / "again.jsonl"

@@ -69,9 +69,6 @@ def cli(verbose: bool) -> None:
         datefmt="%H:%M:%S",
     )
     quiet_libraries()
-    from train.processes import use_private_tempdir
-
-    use_private_tempdir()  # temporary files of this command go with it, even after kill -9
 
 
 @cli.command()
@@ -634,6 +631,13 @@ def one_line(message: str) -> str:
 
 def main() -> None:
     """Entry point: run the CLI; a user error is one line on stderr (``error: ...``) and exit status 2."""
+    from train.processes import private_tempdir
+
+    with private_tempdir():  # temporary files of this command go with it (after kill -9: with the next command)
+        _run()
+
+
+def _run() -> None:
     try:
         cli.main(standalone_mode=False)
     except TaggerError as exc:

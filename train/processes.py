@@ -8,14 +8,16 @@ exits (also on errors), and removed by the next command when the process that ma
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+
+MARKER = "TAGGER_PRIVATE_TMPDIR"  # set while a command runs: nested commands and workers share its folder
 
 
 def process_alive(pid: str | int | None, started: str | float | None) -> bool:
@@ -43,14 +45,9 @@ def _remove(folder: Path, root: Path) -> None:
         root.rmdir()  # only when no other command is using it
 
 
-def use_private_tempdir() -> Path | None:
-    """Point ``tempfile`` and ``$TMPDIR`` (inherited by worker processes) at this command's own folder."""
-    if os.environ.get("TAGGER_PRIVATE_TMPDIR"):  # a worker of a command: share its parent's folder
-        return None
-    base = Path(tempfile.gettempdir())
-    root = base / f"tagger-{os.getuid()}"
-    started = psutil.Process().create_time()
-    mine = root / f"{os.getpid()}-{started:.2f}"
+def _make_private(root: Path) -> Path | None:
+    """This process's folder under ``root`` (created), after removing the folders of dead processes."""
+    mine = root / f"{os.getpid()}-{psutil.Process().create_time():.2f}"
     try:
         for _ in range(3):  # another command may remove an empty root between the two calls
             root.mkdir(mode=0o700, exist_ok=True)
@@ -64,8 +61,32 @@ def use_private_tempdir() -> Path | None:
         _remove_dead(root)
     except OSError:
         return None  # an unwritable temporary folder: commands fail later with their own message
-    atexit.register(_remove, mine, root)
-    os.environ["TMPDIR"] = str(mine)
-    os.environ["TAGGER_PRIVATE_TMPDIR"] = str(mine)
-    tempfile.tempdir = str(mine)
     return mine
+
+
+@contextlib.contextmanager
+def private_tempdir() -> Iterator[Path | None]:
+    """Within: ``tempfile`` and ``$TMPDIR`` (inherited by worker processes) point at this command's own
+    folder; after: the folder is removed and both are restored (the CLI may run inside another program)."""
+    if os.environ.get(MARKER):  # nested (a worker, or a command run by a command): share the outer folder
+        yield None
+        return
+    root = Path(tempfile.gettempdir()) / f"tagger-{os.getuid()}"
+    mine = _make_private(root)
+    if mine is None:
+        yield None
+        return
+    saved = {name: os.environ.get(name) for name in ("TMPDIR", MARKER)}
+    saved_tempdir = tempfile.tempdir
+    os.environ["TMPDIR"] = os.environ[MARKER] = str(mine)
+    tempfile.tempdir = str(mine)
+    try:
+        yield mine
+    finally:
+        tempfile.tempdir = saved_tempdir
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _remove(mine, root)
