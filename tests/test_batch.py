@@ -263,7 +263,7 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_kill_9_leaves_no_orphans_and_the_next_run_replaces_it(registry, tmp_path, caplog):
+def test_kill_9_leaves_no_orphans_and_the_next_run_replaces_it(registry, tmp_path, caplog, monkeypatch):
     """``kill -9`` of tag-batch mid-run: its workers and the resource tracker exit within 10 s, no model copy
     stays in $TMPDIR, no part is visible; the next run replaces the incomplete output, saying so."""
     rows = read_jsonl(ROOT / "data/train/news_sentences.jsonl")
@@ -292,6 +292,17 @@ def test_kill_9_leaves_no_orphans_and_the_next_run_replaces_it(registry, tmp_pat
     finally:  # a failure must not leave them behind either
         for pid in filter(_running, children):
             os.kill(pid, 9)
+    # what the killed command left in $TMPDIR is its own temporary folder only (no model copy), which
+    # the next command removes
+    left = [p.relative_to(tmp_path / "tmp") for p in (tmp_path / "tmp").rglob("*")]
+    assert all(p.parts[0] == f"tagger-{os.getuid()}" for p in left) and not any(p.name == "MLmodel" for p in left)
+    import tempfile
+
+    from train.processes import private_tempdir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    with private_tempdir():
+        pass
     assert list((tmp_path / "tmp").iterdir()) == []
     visible = [p for p in out.rglob("*") if not any(part.startswith(("_", ".")) for part in p.relative_to(out).parts)]
     assert visible == [] and not (out / "_SUCCESS").exists()

@@ -180,7 +180,8 @@ def sweep(
         parent_run_id,
     )
     _run_workers(spec, jobs)
-    return finish(spec, space, out)
+    with storage_lock(storage_url, "finish"):  # sweeps of one study finishing at once update one parent run
+        return finish(spec, space, out)
 
 
 def check_study_name(name: str) -> str:
