@@ -159,8 +159,12 @@ def test_invisible_or_oversize_parts_are_refused(server, body, message):
 
 def test_huge_unpunctuated_text_is_answered_quickly(server):
     """A 90 KB line without punctuation used to take minutes (quadratic splitting)."""
+    began = time.monotonic()
     r = httpx.post(f"{server}/v1/tag", json={"text": "word " * 18_000}, timeout=60)
-    assert r.status_code in (200, 413), r.text  # 413: more sentences than the server's limit
+    # 413: more sentences than the server's limit; 503 "server busy": refused at once because the
+    # splitting speed measured so far (on a busy machine) says it would pass the 4 s deadline
+    assert r.status_code in (200, 413) or (r.status_code == 503 and "server busy" in r.text), r.text
+    assert time.monotonic() - began < 8  # the fixture's --request-timeout is 4 s
     assert httpx.post(f"{server}/v1/tag", json={"text": "Talks ended."}).status_code == 200
 
 
