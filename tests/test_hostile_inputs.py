@@ -55,6 +55,15 @@ def _object_id(tmp_path: Path) -> str:
     return str(write_jsonl(tmp_path / "train.jsonl", rows))
 
 
+def _deep(tmp_path: Path) -> str:
+    """A row 100,000 lists deep: Python's JSON parser itself gives up (RecursionError)."""
+    lines = [json.dumps(r) for r in read_jsonl(ROOT / "data/train/news_sentences.jsonl")[:40]]
+    lines[2] = '{"id": "deep", "text": "x", "topics": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
 def _surrogate(tmp_path: Path) -> str:
     rows = read_jsonl(ROOT / "data/train/news_sentences.jsonl")[:40]
     lines = [json.dumps(r) for r in rows]
@@ -100,6 +109,7 @@ CASES = [
     ("nested label", lambda t: ["train", TOPIC, "--set", f"data.train={_labelled(t, [['energy']])}"], "line 18"),
     ("dict label", lambda t: ["train", STANCE, "--set", f"data.train={_labelled(t, {'v': 1})}"], "got dict"),
     ("lone surrogate", lambda t: ["train", TOPIC, "--set", f"data.train={_surrogate(t)}"], "line 5: a lone surrogate"),
+    ("deep json", lambda t: ["train", TOPIC, "--set", f"data.train={_deep(t)}"], "line 3: JSON nested deeper than 32"),
     ("object id", lambda t: ["train", TOPIC, "--set", f"data.train={_object_id(t)}"], "an id must be a string"),
     (
         "store in /proc",

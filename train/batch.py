@@ -32,6 +32,7 @@ import pandas as pd
 
 from train.domain import DEFAULT_TARGET, TARGET_COLUMN, TEXT_COLUMN
 from train.errors import TaggerError
+from train.inputs import MAX_JSON_DEPTH, too_deep
 
 log = logging.getLogger("tagger")
 
@@ -40,7 +41,6 @@ DEFAULT_MODEL = "models:/tagger@champion"
 SUCCESS = "_SUCCESS"  # written last: the output folder is complete (the marker Spark writes too)
 TEMPORARY = "_temporary"  # the part being written and a downloaded model copy, until the run ends
 PART = "part-00000.parquet"
-MAX_JSON_DEPTH = 32  # deeper JSON values are refused: Arrow and Parquet fail or crawl on them
 
 
 @dataclass(frozen=True)
@@ -194,23 +194,6 @@ def json_rows(path: Path) -> Iterator[tuple[int, dict]]:
             if too_deep(row):
                 raise TaggerError(f"{path}: line {number}: {too_deep_message}")
             yield number, row
-
-
-def too_deep(row: dict, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether a JSON object nests lists or objects more than ``limit`` levels below its fields."""
-    layer = [value for value in row.values() if isinstance(value, (dict, list))]
-    depth = 0
-    while layer:
-        depth += 1
-        if depth > limit:
-            return True
-        layer = [
-            child
-            for item in layer
-            for child in (item.values() if isinstance(item, dict) else item)
-            if isinstance(child, (dict, list))
-        ]
-    return False
 
 
 def read_chunks(job: BatchJob) -> Iterator[tuple[Path, pd.DataFrame]]:

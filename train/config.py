@@ -27,7 +27,6 @@ PROJECT_ROOT = PACKAGE_ROOT.parent
 
 SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are unsigned 32-bit
 MAX_BOOTSTRAP_SAMPLES = 100_000
-CONFIG_SUFFIXES = (".yaml", ".yml")
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
@@ -89,11 +88,6 @@ class DataConfig(_Strict):
                 if not re.match(r"^[A-Za-z0-9_-]{1,32}$", name):
                     raise ValueError(f"corpus name '{name}': use up to 32 letters, digits, '-' or '_' (names metrics)")
         return value
-
-    @property
-    def corpora(self) -> dict[str, Path]:
-        """The training files by corpus name (one unnamed file: its stem)."""
-        return dict(self.train) if isinstance(self.train, dict) else {self.train.stem: self.train}
 
 
 class SplitConfig(_Strict):
@@ -172,6 +166,13 @@ def tracking_uri_problem(uri: str | None) -> str | None:
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # names that become experiment, study and folder names
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name an experiment, a study or a folder (``task.name``, ``--study``), else None."""
+    if re.match(NAME_PATTERN, name):
+        return None
+    return "use up to 64 letters, digits, '.', '-' or '_', starting with a letter or digit"
+
+
 class TaskConfig(_Strict):
     name: str
     type: Literal["multilabel", "multiclass"]
@@ -180,11 +181,9 @@ class TaskConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not re.match(NAME_PATTERN, value):
-            raise ValueError(
-                "use up to 64 letters, digits, '.', '-' or '_', starting with a letter or digit "
-                "(it names the experiment, the registered model and sweep folders)"
-            )
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(f"{problem} (it names the experiment, the registered model and sweep folders)")
         return value
 
     @field_validator("labels")
@@ -245,9 +244,7 @@ def _deep_merge(base: dict, override: dict) -> dict:
 def _read_yaml(path: Path) -> dict:
     from train.inputs import read_yaml
 
-    if path.suffix.lower() not in CONFIG_SUFFIXES:
-        raise TaggerError(f"{path}: a config file must end in .yaml or .yml")
-    data = read_yaml(path, "config file")
+    data = read_yaml(path, "config file")  # which also refuses a file not ending in .yaml or .yml
     if data is None:
         raise TaggerError(f"{path}: config file is empty")
     if not isinstance(data, dict):
@@ -287,12 +284,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                     raise TaggerError(f"--set {item!r}: '{part}' is not a section")
             node[part] = dict(child)
             node = node[part]
-        try:
-            node[parts[-1]] = load_yaml(value, f"--set {item!r}")
-        except TaggerError as exc:
-            raise TaggerError(
-                f"--set {item!r}: cannot parse the value as YAML: {str(exc).split(': ', 2)[-1]}"
-            ) from None
+        node[parts[-1]] = load_yaml(value, f"--set {item!r}", "cannot parse the value as YAML")
     return raw
 
 

@@ -34,16 +34,12 @@ def read_user_file(path: str | Path, what: str = "file", max_bytes: int = MAX_CO
     except OSError as exc:
         raise TaggerError(f"{path}: cannot read the {what} ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise TaggerError(f"{path}: is a folder, expected a {what}")
-        if not stat.S_ISREG(info.st_mode):
-            raise TaggerError(f"{path}: not a regular file (a device, FIFO or socket), expected a {what}")
+        _require_regular(os.fstat(fd), path, what, max_bytes)
         try:
             data = handle.read(max_bytes + 1)
         except OSError as exc:
             raise TaggerError(f"{path}: cannot read the {what} ({exc.strerror})") from None
-    if len(data) > max_bytes:
+    if len(data) > max_bytes:  # it grew since fstat
         raise TaggerError(f"{path}: the {what} is over the size limit of {max_bytes:,} bytes")
     return data
 
@@ -57,13 +53,18 @@ def check_user_file(path: str | Path, what: str = "data file", max_bytes: int = 
         raise TaggerError(f"{path}: {what} not found") from None
     except OSError as exc:
         raise TaggerError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    _require_regular(info, path, what, max_bytes)
+    return info.st_size
+
+
+def _require_regular(info: os.stat_result, path: Path, what: str, max_bytes: int) -> None:
+    """A regular file of at most ``max_bytes``, else one line naming ``path``."""
     if stat.S_ISDIR(info.st_mode):
         raise TaggerError(f"{path}: is a folder, expected a {what}")
     if not stat.S_ISREG(info.st_mode):
         raise TaggerError(f"{path}: not a regular file (a device, FIFO or socket), expected a {what}")
     if info.st_size > max_bytes:
         raise TaggerError(f"{path}: the {what} is over the size limit of {max_bytes:,} bytes")
-    return info.st_size
 
 
 def read_utf8(path: Path, what: str = "file", max_bytes: int = MAX_CONFIG_BYTES) -> str:
@@ -86,20 +87,46 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def load_yaml(text: str, name: str) -> object:
-    """Parse YAML from a user file (no aliases, no Python tags); errors are one line with the line number."""
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def load_yaml(text: str, name: str, failure: str = "invalid YAML") -> object:
+    """Parse YAML the user gave (no aliases, no Python tags); an error is one line:
+    ``<name>: [line N ]<failure>: <problem>``."""
     try:
         return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+        where = f"line {mark.line + 1} " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise TaggerError(f"{name}:{where} invalid YAML: {problem}") from None
+        raise TaggerError(f"{name}: {where}{failure}: {problem}") from None
 
 
 def read_yaml(path: Path, what: str = "config file") -> object:
-    """A YAML file the user named, read with ``read_utf8`` and parsed with ``load_yaml``."""
+    """A YAML file the user named (ending in .yaml or .yml), read with ``read_utf8``, parsed with ``load_yaml``."""
+    if path.suffix.lower() not in YAML_SUFFIXES:
+        raise TaggerError(f"{path}: a {what} must end in .yaml or .yml")
     return load_yaml(read_utf8(path, what), str(path))
+
+
+MAX_JSON_DEPTH = 32  # deeper JSON values are refused: Python, Arrow and Parquet fail or crawl on them
+
+
+def too_deep(row: dict, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a JSON object nests lists or objects more than ``limit`` levels below its fields."""
+    layer = [value for value in row.values() if isinstance(value, (dict, list))]
+    depth = 0
+    while layer:
+        depth += 1
+        if depth > limit:
+            return True
+        layer = [
+            child
+            for item in layer
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, (dict, list))
+        ]
+    return False
 
 
 def read_source(source: str) -> tuple[str, str]:

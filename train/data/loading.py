@@ -21,7 +21,7 @@ import pandas as pd
 
 from train.data.sentences import is_blank
 from train.errors import TaggerError
-from train.inputs import MAX_DATA_BYTES, check_user_file, read_user_file
+from train.inputs import MAX_DATA_BYTES, MAX_JSON_DEPTH, check_user_file, read_user_file, too_deep
 
 log = logging.getLogger(__name__)
 
@@ -111,38 +111,26 @@ def _check_text_file(path: Path, fmt: str, encoding: str = "utf-8") -> list[int]
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        too_deep_message = f"{path} line {number}: JSON nested deeper than {MAX_JSON_DEPTH} levels"
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TaggerError(f"{path} line {number}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise TaggerError(too_deep_message) from None
         if not isinstance(value, dict):
             raise TaggerError(f"{path} line {number}: expected a JSON object, got {type(value).__name__}")
-        problem = _json_value_problem(value)
-        if problem:
-            raise TaggerError(f"{path} line {number}: {problem}")
+        if too_deep(value):
+            raise TaggerError(too_deep_message)
+        try:  # JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 writer (Arrow) accepts
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            surrogate = f"\\u{ord(exc.object[exc.start]):04x}"
+            raise TaggerError(
+                f"{path} line {number}: a lone surrogate ({surrogate}) in a string: not valid Unicode text"
+            ) from None
         record_lines.append(number)
     return record_lines
-
-
-MAX_JSON_DEPTH = 32
-
-
-def _json_value_problem(value, depth: int = 0) -> str | None:
-    """Why a parsed JSON record cannot be stored (a lone surrogate, nesting too deep), else None."""
-    if depth > MAX_JSON_DEPTH:
-        return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return f"a lone surrogate (\\u{ord(value[exc.start]):04x}) in a string: not valid Unicode text"
-        return None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        problem = _json_value_problem(key, depth + 1) or _json_value_problem(item, depth + 1)
-        if problem:
-            return problem
-    return None
 
 
 def read_table(path: Path, fmt: str = "auto", encoding: str = "utf-8") -> tuple[pd.DataFrame, list[int]]:
@@ -277,7 +265,7 @@ def load_labelled(
         flagged = [i for i, value in enumerate(frame["suggested"].tolist()) if value is True]
         if flagged:
             raise TaggerError(
-                f"{where(flagged[0])}: labels are a model's suggestions (\"suggested\": true) not reviewed by a "
+                f'{where(flagged[0])}: labels are a model\'s suggestions ("suggested": true) not reviewed by a '
                 "person; review them and set suggested to false (or use tagger import-labels)"
             )
     ids = frame[columns.id].tolist() if columns.id else [str(n) for n in lines]
@@ -339,7 +327,7 @@ def load_labelled(
 
 
 def load_for(config, eval_set=None, require_labels: bool = True) -> LabelledData:
-    """Load the training file of ``config``, or one of its evaluation sets."""
+    """Load the training file (or named corpora) of ``config``, or one of its evaluation sets."""
     source = eval_set or config.data
     columns = (eval_set.columns if eval_set and eval_set.columns else None) or config.data.columns
 
@@ -347,51 +335,42 @@ def load_for(config, eval_set=None, require_labels: bool = True) -> LabelledData
         value = getattr(eval_set, name, None) if eval_set else None
         return value if value is not None else getattr(config.data, name)
 
+    def load(path: Path, fmt: str) -> LabelledData:
+        return load_labelled(
+            path,
+            task_type=config.task.type,
+            labels=config.task.labels,
+            columns=columns,
+            fmt=fmt,
+            encoding=pick("encoding"),
+            label_map=pick("label_map"),
+            label_separator=pick("label_separator"),
+            default_target=pick("default_target"),
+            require_labels=require_labels,
+            max_text_chars=config.data.max_text_chars,
+        )
+
     if eval_set is None and isinstance(config.data.train, dict):
-        return _load_corpora(config, require_labels)
+        return _combine({name: load(Path(path), source.format) for name, path in config.data.train.items()})
     path = Path(source.path if eval_set else config.data.train)
     fmt = source.format
     if eval_set and fmt == "auto" and path.suffix.lower() not in FORMATS:
         fmt = config.data.format  # e.g. a benchmark's test.txt in the same layout as its train.txt
-    return load_labelled(
-        path,
-        task_type=config.task.type,
-        labels=config.task.labels,
-        columns=columns,
-        fmt=fmt,
-        encoding=pick("encoding"),
-        label_map=pick("label_map"),
-        label_separator=pick("label_separator"),
-        default_target=pick("default_target"),
-        require_labels=require_labels,
-        max_text_chars=config.data.max_text_chars,
-    )
+    return load(path, fmt)
 
 
-def _load_corpora(config, require_labels: bool) -> LabelledData:
+def _combine(corpora: dict[str, LabelledData]) -> LabelledData:
     """Several named training files as one dataset with a ``corpus`` column; ids must be unique across them."""
-    parts, files, first = [], {}, {}
-    for name, path in config.data.train.items():
-        data = load_labelled(
-            Path(path),
-            task_type=config.task.type,
-            labels=config.task.labels,
-            columns=config.data.columns,
-            fmt=config.data.format,
-            encoding=config.data.encoding,
-            label_map=config.data.label_map,
-            label_separator=config.data.label_separator,
-            default_target=config.data.default_target,
-            require_labels=require_labels,
-            max_text_chars=config.data.max_text_chars,
-        )
+    first: dict[str, tuple[Path, int]] = {}
+    for data in corpora.values():
         for record_id, line in zip(data.frame["id"], data.frame["line"], strict=True):
             if record_id in first:
                 other, other_line = first[record_id]
-                raise TaggerError(f"{path} line {line}: duplicate id '{record_id}' (also {other} line {other_line})")
-            first[record_id] = (path, line)
-        parts.append(data.frame.assign(corpus=name))
-        files[name] = (Path(path), data.sha256)
+                raise TaggerError(
+                    f"{data.path} line {line}: duplicate id '{record_id}' (also {other} line {other_line})"
+                )
+            first[record_id] = (data.path, line)
+    files = {name: (data.path, data.sha256) for name, data in corpora.items()}
     combined = hashlib.sha256("".join(f"{n}:{sha}" for n, (_, sha) in files.items()).encode()).hexdigest()
-    frame = pd.concat(parts, ignore_index=True)
-    return LabelledData(next(iter(files.values()))[0], frame, combined, files)
+    frame = pd.concat([data.frame.assign(corpus=name) for name, data in corpora.items()], ignore_index=True)
+    return LabelledData(next(iter(corpora.values())).path, frame, combined, files)

@@ -29,7 +29,7 @@ import mlflow
 
 from train.config import PROJECT_ROOT, tracking_uri_problem
 from train.errors import TaggerError
-from train.processes import process_alive  # noqa: F401 (re-exported: stale-run marking)
+from train.processes import process_alive
 
 log = logging.getLogger("tagger")
 
@@ -95,20 +95,28 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             except urllib.error.HTTPError:
                 pass  # the server answered
         elif scheme in ("postgresql", "mysql"):
-            import sqlalchemy
-
-            engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": int(timeout)})
-            try:
-                with engine.connect():
-                    pass
-            finally:
-                engine.dispose()
+            try_connect(uri, timeout)
     except Exception as exc:  # noqa: BLE001 - every failure to connect gets the same clear message
         raise TaggerError(
             f"tracking store {redact(uri)} cannot be reached ({type(exc).__name__}: {exc}); "
             "check MLFLOW_TRACKING_URI or tracking.uri"
         ) from None
     _REACHED.add(uri)
+
+
+def try_connect(url: str, timeout: float = 5.0) -> None:
+    """Open and close one connection to the database at ``url``; raises what SQLAlchemy or the driver raises."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    backend = sqlalchemy.engine.make_url(url).get_backend_name()
+    args = {"connect_timeout": int(timeout)} if backend in ("postgresql", "mysql") else {}
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=args)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
 
 
 def setup(configured_uri: str | None = None, experiment: str | None = None) -> str:

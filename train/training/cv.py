@@ -16,6 +16,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,15 +103,16 @@ def fit_fold(config: Config, plan: FoldPlan, r: int, k: int) -> tuple[np.ndarray
     return model.predict_proba(X.iloc[held_rows]), seconds
 
 
-def held_out_metrics(config: Config, Y: np.ndarray, proba: np.ndarray, tune: np.ndarray, score: np.ndarray) -> dict:
-    """Metrics of rows ``score``, decided with thresholds or class offsets tuned on rows ``tune`` only."""
+def held_out_scorer(config: Config, Y: np.ndarray, proba: np.ndarray, tune: np.ndarray) -> Callable[[np.ndarray], dict]:
+    """Thresholds or class offsets tuned on rows ``tune`` only, once; the returned function gives the
+    metrics of any rows decided with them."""
     labels, multilabel = config.task.labels, config.task.type == "multilabel"
     tuned = config.decision.tune and tune.any()
     if multilabel:
         thresholds = best_thresholds(proba[tune], Y[tune]) if tuned else np.full(len(labels), 0.5)
-        return multilabel_metrics(Y[score], (proba[score] >= thresholds).astype(int), labels)
+        return lambda score: multilabel_metrics(Y[score], (proba[score] >= thresholds).astype(int), labels)
     offsets = best_offsets(proba[tune], Y[tune], labels, config.decision.objective) if tuned else None
-    return multiclass_metrics(Y[score], apply_offsets(proba[score], offsets), labels)
+    return lambda score: multiclass_metrics(Y[score], apply_offsets(proba[score], offsets), labels)
 
 
 def score_folds(config: Config, plan: FoldPlan, oof: np.ndarray, done: list[tuple[int, int]]) -> list[dict]:
@@ -125,12 +127,12 @@ def score_folds(config: Config, plan: FoldPlan, oof: np.ndarray, done: list[tupl
     for r, k in done:
         others = np.isin(plan.assignments[r], [j for rr, j in done if rr == r and j != k])
         held = plan.held_out(r, k)
-        metrics = held_out_metrics(config, plan.Y, oof[r], others, held)
+        metrics_of = held_out_scorer(config, plan.Y, oof[r], others)
+        metrics = metrics_of(held)
         for name in corpora:  # the same decision, scored on each corpus's held-out sentences alone
             rows = held & (corpus == name)
             if rows.any():
-                part = held_out_metrics(config, plan.Y, oof[r], others, rows)
-                metrics.update({f"{name}/{metric}": value for metric, value in part.items()})
+                metrics.update({f"{name}/{metric}": value for metric, value in metrics_of(rows).items()})
         results.append(metrics)
     return results
 

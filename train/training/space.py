@@ -128,8 +128,6 @@ def load_space(path: str | Path) -> Space:
     path = Path(path)
     from train.inputs import read_yaml
 
-    if path.suffix.lower() not in (".yaml", ".yml"):
-        raise TaggerError(f"{path}: a space file must end in .yaml or .yml")
     raw = read_yaml(path, "space file")
     if not isinstance(raw, dict):
         raise TaggerError(f"{path}: a space must be a mapping with a 'params' section")

@@ -24,7 +24,6 @@ import json
 import logging
 import multiprocessing
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -40,7 +39,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from train.config import NAME_PATTERN, PROJECT_ROOT, apply_overrides, dump_config, load_config
+from train.config import PROJECT_ROOT, apply_overrides, dump_config, load_config, name_problem
 from train.errors import TaggerError
 from train.inputs import check_writable_folder
 from train.registry import build_model
@@ -186,10 +185,9 @@ def sweep(
 
 def check_study_name(name: str) -> str:
     """A study name is also a folder name (``sweeps/<study>``): letters, digits, '.', '-' and '_' only."""
-    if not re.match(NAME_PATTERN, name) or name in (".", ".."):
-        raise TaggerError(
-            f"--study {name!r}: use up to 64 letters, digits, '.', '-' or '_', starting with a letter or digit"
-        )
+    problem = name_problem(name)
+    if problem:
+        raise TaggerError(f"--study {name!r}: {problem}")
     return name
 
 
@@ -205,11 +203,10 @@ def sweep_folder(study: str) -> Path:
 def check_storage(url: str) -> None:
     """Fail before any work, naming ``--storage``, when the Optuna storage URL is malformed or unreachable."""
     import sqlalchemy
-    from sqlalchemy.pool import NullPool
 
     shown = store.redact(url)
     try:
-        parsed = sqlalchemy.engine.make_url(url)
+        sqlalchemy.engine.make_url(url)
     except Exception:  # noqa: BLE001 - SQLAlchemy raises ArgumentError and ValueError
         raise TaggerError(f"--storage {shown}: not a database URL (e.g. sqlite:///optuna.db, postgresql://…)") from None
     path = store.sqlite_path(url)
@@ -217,13 +214,7 @@ def check_storage(url: str) -> None:
         check_writable_folder(str(path.parent), f"--storage {shown}: folder")
         return
     try:
-        args = {"connect_timeout": 5} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
-        engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=args)
-        try:
-            with engine.connect():
-                pass
-        finally:
-            engine.dispose()
+        store.try_connect(url)
     except Exception as exc:  # noqa: BLE001 - drivers raise many types for a server that does not answer
         reason = " ".join(str(exc).split())[:200]
         raise TaggerError(
