@@ -70,3 +70,70 @@ def test_unreviewed_suggestions_are_refused(tmp_path, small_train):
     path = write_jsonl(tmp_path / "picked.jsonl", [{**r, "suggested": r.get("suggested", False)} for r in rows])
     with pytest.raises(TaggerError, match=r"picked.jsonl line 3: .*suggestions"):
         load_for(load_config(TOPIC, [f"data.train={path}"]))
+
+
+@pytest.mark.parametrize(
+    ("family", "task_type", "labels"),
+    [
+        ("tfidf_logreg", "multiclass", ["favor", "against", "neutral"]),
+        ("tfidf_svm", "multiclass", ["favor", "against", "neutral"]),
+        ("tfidf_logreg", "multilabel", ["security", "trade"]),
+        ("tfidf_svm", "multilabel", ["security", "trade"]),
+    ],
+)
+def test_weights_make_the_heavier_corpus_win(family, task_type, labels):
+    """Two corpora label the same kind of sentence differently: the weighted one decides."""
+    import numpy as np
+    import pandas as pd
+
+    from train.registry import build_model, model_params_schema
+
+    words = ["border", "tariff", "talks", "ports", "army", "grain", "summit", "visa"]
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, 4)) for _ in range(120)]
+    a_label, b_label = (labels[0], labels[1]) if task_type == "multiclass" else ([labels[0]], [labels[1]])
+    other = labels[2] if task_type == "multiclass" else []
+    y = [a_label if "border" in t else other for t in texts] + [b_label if "border" in t else other for t in texts]
+    X = pd.DataFrame({"text": texts * 2, "target": ["closer A–B ties"] * 240})
+    extra = {"calibration_folds": 2} if family == "tfidf_svm" else {}
+    # class_weight balanced balances the weighted class totals, which would cancel the weights here
+    params = model_params_schema(family)(class_weight=None, **extra)
+    probe = pd.DataFrame({"text": ["border talks grain ports"], "target": ["closer A–B ties"]})
+    for heavy, expected in ((0, a_label), (1, b_label)):
+        weights = np.where((np.arange(240) < 120) == (heavy == 0), 20.0, 1.0)
+        model = build_model(family, task_type, labels, params.model_dump(), 13).fit(X, y, sample_weight=weights)
+        assert model.predict(probe)[0] == expected, (family, task_type, heavy)
+
+
+def test_train_with_weights_and_its_errors(two_corpora, tmp_path, monkeypatch):
+    from train.training.pipeline import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    a, b = two_corpora
+    corpora = f"data.train={{real: {a}, written: {b}}}"
+    config = load_config(TOPIC, [corpora, "data.weights={real: 3}", "evaluation.sets=[]", *FAST])
+    run = mlflow.get_run(train(config, TOPIC))
+    assert run.data.params["data.weights.real"] == "3.0", sorted(run.data.params)
+    for override, message in [
+        ("data.weights={real: 0}", r"data\.weights\.real.*greater than 0"),
+        ("data.weights={news: 2}", r"data\.weights names corpus 'news', which data\.train does not have"),
+    ]:
+        with pytest.raises(TaggerError, match=message):
+            load_config(TOPIC, [corpora, override])
+    with pytest.raises(TaggerError, match=r"data\.weights weighs named corpora"):
+        load_config(TOPIC, [f"data.train={a}", "data.weights={real: 2}"])
+
+
+def test_a_family_without_weights_is_refused_before_a_run(two_corpora, tmp_path, monkeypatch, capsys):
+    from conftest import run_main
+
+    a, b = two_corpora
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    code, err = run_main(
+        monkeypatch, capsys, "train", str(ROOT / "configs/topic/minilm_finetune.yaml"),
+        "--set", f"data.train={{real: {a}, written: {b}}}", "--set", "data.weights={real: 2}",
+        "--set", "evaluation.sets=[]", store=uri,
+    )  # fmt: skip
+    assert code == 2, err
+    assert err[-1].startswith("error: data.weights: family 'transformer' cannot weight sentences"), err
+    assert not (tmp_path / "m.db").exists() or mlflow.MlflowClient(uri).search_runs(["0"]) == []

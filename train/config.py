@@ -12,7 +12,7 @@ import difflib
 import re
 import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -65,6 +65,8 @@ def _label_map_keys(value: Any) -> Any:
 
 class DataConfig(_Strict):
     train: Path | dict[str, Path]  # one file, or named corpora {real: a.jsonl, written: b.jsonl} trained together
+    # per-corpus sample weights, e.g. {real: 2.0}: a sentence of `real` counts twice in the loss (others 1)
+    weights: dict[str, Annotated[float, Field(gt=0, le=1000)]] = Field(default_factory=dict)
     format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet"] = "auto"
     encoding: str = "utf-8"
     columns: Columns = Field(default_factory=Columns)
@@ -88,6 +90,20 @@ class DataConfig(_Strict):
                 if not re.match(r"^[A-Za-z0-9_-]{1,32}$", name):
                     raise ValueError(f"corpus name '{name}': use up to 32 letters, digits, '-' or '_' (names metrics)")
         return value
+
+    @model_validator(mode="after")
+    def _weights_name_corpora(self) -> DataConfig:
+        if not self.weights:
+            return self
+        if not isinstance(self.train, dict):
+            raise ValueError("data.weights weighs named corpora: give data.train as {name: file, ...}")
+        unknown = [name for name in self.weights if name not in self.train]
+        if unknown:
+            raise ValueError(
+                f"data.weights names corpus '{unknown[0]}', which data.train does not have "
+                f"(corpora: {', '.join(self.train)})"
+            )
+        return self
 
 
 class SplitConfig(_Strict):

@@ -57,6 +57,12 @@ class LabelledData:
     def __len__(self) -> int:
         return len(self.frame)
 
+    def sample_weights(self, weights: dict[str, float]) -> np.ndarray | None:
+        """Each sentence's weight from its corpus (``data.weights``; unnamed corpora weigh 1), or None."""
+        if not weights or "corpus" not in self.frame.columns:
+            return None
+        return self.frame["corpus"].map(lambda name: weights.get(name, 1.0)).to_numpy(dtype=float)
+
     @property
     def texts(self) -> list[str]:
         return self.frame["text"].tolist()

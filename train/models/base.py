@@ -51,6 +51,7 @@ class TextClassifier:
 
     requirements: tuple[str, ...] = ()  # extra pip packages a logged model needs
     backends: tuple[str, ...] = ("sklearn",)  # inference backends ``set_backend`` accepts
+    supports_sample_weight: bool = False  # ``_fit`` takes ``sample_weight`` (per-corpus ``data.weights``)
 
     def __init__(self, task_type: str, labels: list[str], seed: int = 13):
         self.task_type = task_type
@@ -155,12 +156,19 @@ class TextClassifier:
         index = {label: i for i, label in enumerate(self.labels)}
         return np.array([index[label] for label in y])
 
-    def fit(self, X, y, X_dev=None, y_dev=None) -> TextClassifier:
+    def fit(self, X, y, X_dev=None, y_dev=None, sample_weight=None) -> TextClassifier:
+        """Fit on ``X``/``y`` (dev data for early stopping where a family uses it); ``sample_weight``
+        (one positive number per sentence) only for families with ``supports_sample_weight``."""
         X = as_frame(X)
         Y = self.encode(y)
         X_dev = as_frame(X_dev) if X_dev is not None else None
         Y_dev = self.encode(y_dev) if y_dev is not None else None
-        self._fit(X, Y, X_dev, Y_dev)
+        if sample_weight is None:
+            self._fit(X, Y, X_dev, Y_dev)
+        elif not self.supports_sample_weight:
+            raise ValueError(f"{type(self).__name__} cannot weight sentences (sample_weight)")
+        else:
+            self._fit(X, Y, X_dev, Y_dev, sample_weight=np.asarray(sample_weight, dtype=float))
         self.thresholds_ = np.full(len(self.labels), 0.5)
         self.offsets_ = np.zeros(len(self.labels))
         return self

@@ -20,12 +20,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
-from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.class_weight import compute_class_weight
 
 from train.models.base import TextClassifier, mask_actors
 from train.models.linear_scoring import CompiledPipeline
 from train.models.params import TfidfParams, TfidfSvmParams
 from train.models.target_cross import TargetCrossedWords
+from train.models.weighting import fit_weighted
 from train.registry import model_families
 
 
@@ -93,16 +94,18 @@ class TfidfClassifier(TextClassifier):
     def _classifier(self):
         raise NotImplementedError
 
-    def _fit_params(self, Y: np.ndarray) -> dict:
-        """Extra arguments of the pipeline's ``fit`` (e.g. sample weights for the classifier)."""
-        return {}
+    supports_sample_weight = True
+
+    def _class_weights(self, Y: np.ndarray, sample_weight: np.ndarray | None) -> np.ndarray | None:
+        """Per-sentence weights the family itself adds (e.g. class balance), or None."""
+        return None
 
     def check_data(self, X: pd.DataFrame, Y: np.ndarray) -> None:
         """``min_df`` cannot exceed the number of training sentences (no term would remain)."""
         if self.params["min_df"] > len(X):
             raise ValueError(f"model.params.min_df is {self.params['min_df']} but training has only {len(X)} sentences")
 
-    def _fit(self, X, Y, X_dev, Y_dev) -> None:
+    def _fit(self, X, Y, X_dev, Y_dev, sample_weight: np.ndarray | None = None) -> None:
         inputs = pd.DataFrame(self._inputs(X))
         # no targets in the data: no target block (an empty vocabulary would fail); params stay as given
         self.use_target_ = (
@@ -112,7 +115,10 @@ class TfidfClassifier(TextClassifier):
         if self.multilabel:
             classifier = OneVsRestClassifier(classifier)
         self.pipeline_ = Pipeline([("features", self._features(self.use_target_)), ("classifier", classifier)])
-        self.pipeline_.fit(inputs, Y, **self._fit_params(Y))
+        balance = self._class_weights(Y, sample_weight)
+        if balance is not None:
+            sample_weight = balance if sample_weight is None else balance * sample_weight
+        fit_weighted(self.pipeline_, inputs, Y, sample_weight)
         self.__dict__.pop("compiled_", None)
 
     @cached_property
@@ -174,7 +180,10 @@ class TfidfSvm(TfidfClassifier):
         svm = LinearSVC(C=self.params["C"], class_weight=class_weight, random_state=self.seed)
         return CalibratedClassifierCV(svm, method=self.params["calibration"], cv=self.params["calibration_folds"])
 
-    def _fit_params(self, Y: np.ndarray) -> dict:
+    def _class_weights(self, Y: np.ndarray, sample_weight: np.ndarray | None) -> np.ndarray | None:
+        """Balanced on the weighted class totals, as logistic regression's ``class_weight`` is."""
         if not self._balanced_by_weights():
-            return {}
-        return {"classifier__sample_weight": compute_sample_weight("balanced", Y)}
+            return None
+        classes = np.unique(Y)
+        weights = compute_class_weight("balanced", classes=classes, y=Y, sample_weight=sample_weight)
+        return weights[np.searchsorted(classes, Y)]

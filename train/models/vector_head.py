@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
 from train.models.base import TextClassifier, mask_actors
+from train.models.weighting import fit_weighted
 
 
 class SentenceVectorLogReg(TextClassifier):
@@ -51,12 +52,14 @@ class SentenceVectorLogReg(TextClassifier):
             features = np.hstack([features, target_vectors, features * target_vectors])
         return features
 
-    def _fit(self, X, Y, X_dev, Y_dev) -> None:
+    supports_sample_weight = True
+
+    def _fit(self, X, Y, X_dev, Y_dev, sample_weight: np.ndarray | None = None) -> None:
         head = LogisticRegression(
             C=self.params["C"], class_weight=self.params["class_weight"], max_iter=3000, random_state=self.seed
         )
         self.head_ = OneVsRestClassifier(head) if self.multilabel else head
-        self.head_.fit(self._features(X), Y)
+        fit_weighted(self.head_, self._features(X), Y, sample_weight)
 
     def _scores(self, X: pd.DataFrame) -> np.ndarray:
         return self.head_.predict_proba(self._features(X))

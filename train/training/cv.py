@@ -98,7 +98,14 @@ def fit_fold(config: Config, plan: FoldPlan, r: int, k: int) -> tuple[np.ndarray
     train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
     model = build_model(config.model.family, config.task.type, config.task.labels, config.model.params, config.seed)
     start = time.perf_counter()
-    model.fit(X.iloc[train_rows], [y[i] for i in train_rows], X.iloc[held_rows], [y[i] for i in held_rows])
+    weights = plan.data.sample_weights(config.data.weights)
+    model.fit(
+        X.iloc[train_rows],
+        [y[i] for i in train_rows],
+        X.iloc[held_rows],
+        [y[i] for i in held_rows],
+        sample_weight=None if weights is None else weights[train_rows],
+    )
     seconds = time.perf_counter() - start
     return model.predict_proba(X.iloc[held_rows]), seconds
 
@@ -188,7 +195,7 @@ def cross_validate(
 
             with step(f"final model on all {len(data)} sentences"):
                 final = build_model(config.model.family, config.task.type, labels, config.model.params, config.seed)
-                final.fit(X, data.labels)
+                final.fit(X, data.labels, sample_weight=data.sample_weights(config.data.weights))
                 final.set_decision(oof.mean(axis=0), plan.Y, config.decision.objective, config.decision.tune)
             seen = {label for value in data.labels for label in (value if isinstance(value, list) else [value])}
             results = evaluate_all(config, final, list(prepared.eval_sets.items()), seen, workdir)

@@ -129,6 +129,11 @@ def check_trainable(config: Config, train_part: LabelledData, model: TextClassif
         for label in config.task.labels:
             if counts[label] == 0:
                 log.warning("label '%s' has no training sentences; it will never be predicted", label)
+    if config.data.weights and not model.supports_sample_weight:
+        raise TaggerError(
+            f"data.weights: family '{config.model.family}' cannot weight sentences (its fit takes no sample "
+            "weights); remove data.weights or use a TF-IDF or embedding family"
+        )
     try:
         model.check_data(train_part.inputs, model.encode(train_part.labels))
     except ValueError as exc:
@@ -167,7 +172,13 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
             model = prepared.model
             with step(f"training {config.model.family}"):
                 start = time.perf_counter()
-                model.fit(train_part.inputs, train_part.labels, dev_part.inputs, dev_part.labels)
+                model.fit(
+                    train_part.inputs,
+                    train_part.labels,
+                    dev_part.inputs,
+                    dev_part.labels,
+                    sample_weight=train_part.sample_weights(config.data.weights),
+                )
                 model.set_decision(
                     model.predict_proba(dev_part.inputs),
                     model.encode(dev_part.labels),
