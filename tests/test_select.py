@@ -304,3 +304,22 @@ def test_a_missing_exclude_file_is_one_error_line_naming_the_option(monkeypatch,
     args = ("select", COMBINED, "--pool", str(pool), "--n", "3", "--exclude", str(tmp_path / "round-1.jsonl"))
     code, lines = run_main(monkeypatch, capsys, *args, store=os.environ["MLFLOW_TRACKING_URI"])
     assert code == 2 and lines == [f"error: --exclude {tmp_path / 'round-1.jsonl'}: data file not found"]
+
+
+def test_the_pool_keeps_dates_and_offers_each_target_of_a_sentence(tmp_path):
+    from train.selection.select import read_pool
+
+    rows = [
+        {"id": "a", "doc_id": "d1", "text": "Ankara and Baghdad signed a deal.", "target": "closer Turkey–Iraq ties"},
+        {"id": "b", "doc_id": "d1", "text": "Ankara and  baghdad signed a deal.", "target": "closer Turkey–Iraq ties"},
+        {"id": "c", "doc_id": "d1", "text": "Ankara and Baghdad signed a deal.", "target": "closer Turkey–Syria ties"},
+        {"id": "d", "doc_id": "d2", "text": "Rain fell in Oslo.", "target": "closer Turkey–Iraq ties"},
+    ]
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{**r, "date": "2026-05-25"} for r in rows])
+    sentences = read_pool(pool, "closer Iran–Iraq ties")
+    assert [r["id"] for r in sentences.records] == ["a", "c", "d"]  # b repeats a (same sentence and target)
+    assert {r["date"] for r in sentences.records} == {"2026-05-25"}  # not a timestamp
+    labelled = write_jsonl(tmp_path / "done.jsonl", [{"text": rows[2]["text"], "target": rows[2]["target"]}])
+    assert [r["id"] for r in read_pool(pool, "x", exclude=(labelled,)).records] == ["a", "d"]
+    no_target = write_jsonl(tmp_path / "done2.jsonl", [{"text": rows[0]["text"]}])
+    assert [r["id"] for r in read_pool(pool, "x", exclude=(no_target,)).records] == ["d"]

@@ -48,6 +48,9 @@ def _scalar(value) -> object:
     """A pool value as JSON: scalars kept, missing values dropped (None), anything else as a list or text."""
     if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
         return None
+    if isinstance(value, pd.Timestamp):  # an ISO date column is read as timestamps: give back the date
+        midnight = value.tz is None and value == value.normalize()
+        return value.date().isoformat() if midnight else value.isoformat()
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, str | int | float | bool):
@@ -59,7 +62,8 @@ def _scalar(value) -> object:
 
 def read_pool(path: Path, default_target: str, group_column: str = "doc_id", exclude: tuple[Path, ...] = ()) -> Pool:
     """Read and check the pool (JSONL, CSV, TSV or Parquet): ``text`` needed; ``id``, ``target`` and the
-    article column optional. Duplicate sentences, and those in the ``exclude`` files (by id or text), are dropped."""
+    article column optional. Repeats (same sentence and target), and rows in the ``exclude`` files (by id, or by
+    sentence and target; by sentence alone where an exclude file has no target), are dropped."""
     frame, lines = read_table(path)
     unit = "row" if path.suffix.lower() == ".parquet" else "line"
     if "text" not in frame.columns:
@@ -81,22 +85,18 @@ def read_pool(path: Path, default_target: str, group_column: str = "doc_id", exc
         if record_id in seen_ids:
             raise TaggerError(f"{where}: duplicate id '{record_id}' (first at {unit} {seen_ids[record_id]})")
         seen_ids[record_id] = lines[i]
-        key = text_key(text)
-        if record_id in taken_ids or key in taken_texts:
+        target = row.get("target")
+        target = target.strip() if isinstance(target, str) and target.strip() else default_target
+        key = (text_key(text), target)
+        if record_id in taken_ids or key in taken_texts or (key[0], None) in taken_texts:
             excluded += 1
             continue
         if key in seen_texts:
             duplicates += 1
             continue
         seen_texts.add(key)
-        target = row.get("target")
         group = _scalar(row.get(group_column))
-        record = {
-            "id": record_id,
-            "doc_id": None if group is None else str(group),
-            "text": text,
-            "target": target.strip() if isinstance(target, str) and target.strip() else default_target,
-        }
+        record = {"id": record_id, "doc_id": None if group is None else str(group), "text": text, "target": target}
         for name, value in row.items():
             if name not in record and name not in LABEL_FIELDS and name not in (group_column, "suggested", "selection"):
                 if (value := _scalar(value)) is not None:
@@ -110,8 +110,9 @@ def read_pool(path: Path, default_target: str, group_column: str = "doc_id", exc
     return Pool(path, records, kept_lines)
 
 
-def _excluded(paths: tuple[Path, ...]) -> tuple[set[str], set[str]]:
-    """Ids and sentence keys of files already labelled (or chosen in an earlier round)."""
+def _excluded(paths: tuple[Path, ...]) -> tuple[set[str], set[tuple[str, str | None]]]:
+    """Ids and (sentence, target) keys of files already labelled (or chosen in an earlier round); the
+    target is None for a file without a target column."""
     ids, texts = set(), set()
     for path in paths:
         try:
@@ -122,7 +123,10 @@ def _excluded(paths: tuple[Path, ...]) -> tuple[set[str], set[str]]:
             raise TaggerError(f"--exclude {path}: missing column 'text'")
         if "id" in frame.columns:
             ids.update(str(v) for v in frame["id"] if _scalar(v) is not None)
-        texts.update(text_key(t) for t in frame["text"] if isinstance(t, str))
+        targets = frame["target"] if "target" in frame.columns else [None] * len(frame)
+        for text, target in zip(frame["text"], targets, strict=True):
+            if isinstance(text, str):
+                texts.add((text_key(text), target.strip() if isinstance(target, str) and target.strip() else None))
     return ids, texts
 
 
