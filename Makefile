@@ -90,6 +90,7 @@ bench: $(STAMP)
 	$(PY) bench/throughput.py --output bench/results.json
 	$(PY) bench/int8.py --output bench/int8.json
 	$(PY) bench/selection.py --output bench/selection.json
+	$(PY) bench/learning_curve.py --jobs 2 --output bench/learning_curve.json --plot docs/learning_curve.png
 	$(PY) bench/tracking.py --output bench/tracking.json
 	$(MAKE) --no-print-directory install-spark && $(PY) bench/batch.py --output bench/batch.json
 	$(PY) bench/batch.py --family static_logreg --engines local --output bench/batch_static.json
