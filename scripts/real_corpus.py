@@ -2,13 +2,16 @@
 
     .venv/bin/python scripts/real_corpus.py agreement data/annotation/real_news_double.jsonl
     .venv/bin/python scripts/real_corpus.py build RAW.jsonl LABELS.jsonl [LABELS.jsonl ...] \\
-        --settled data/annotation/real_news_double.jsonl --out data/train/real_news.jsonl
+        --settled data/annotation/real_news_double.jsonl [--round data/annotation/real_news_round_1.jsonl ...] \\
+        --out data/train/real_news.jsonl
 
 ``RAW.jsonl`` has one row per sentence (id, doc_id, text, source, licence, date, pairs, title); a labels
 file has ``{"id", "topics", "stance": {target: label}}`` per sentence. ``build`` writes one row per
 sentence and target (an article about several pairs gives one row per pair; an off-topic article, which
 names no pair, gets one of the corpus's pairs, fixed per article), taking the settled labels of the
-double-labelled sentences where they exist. ``agreement`` prints Cohen's kappa per topic and
+double-labelled sentences where they exist (round 0). Each ``--round`` file holds a later labelling round:
+one row per sentence and target chosen by ``tagger select`` from the pool, labelled twice (``a``, ``b``) and
+settled (``settled``), appended as round 1, 2, ... ``agreement`` prints Cohen's kappa per topic and
 for stance (per sentence and target) between annotators ``a`` and ``b`` of the double-labelled file.
 """
 
@@ -54,7 +57,8 @@ def agreement(rows: list[dict]) -> dict:
 
 
 def check_labels(label: dict, row: dict, where: str) -> None:
-    if set(label["topics"]) - set(TOPICS) or set(label["stance"]) != set(targets(row)):
+    expected = row["targets"] if "targets" in row else targets(row)
+    if set(label["topics"]) - set(TOPICS) or set(label["stance"]) != set(expected):
         raise SystemExit(f"error: {where}: topics outside the schema or targets that do not match the sentence")
     if set(label["stance"].values()) - set(STANCES):
         raise SystemExit(f"error: {where}: stance outside the schema")
@@ -93,8 +97,34 @@ def build(raw: list[dict], labels: list[dict], settled: list[dict]) -> list[dict
                     "source": row["source"],
                     "licence": row["licence"],
                     "double_labelled": row["id"] in double,
+                    "round": 0,
                 }
             )
+    return out
+
+
+def build_round(rows: list[dict], number: int) -> list[dict]:
+    """Rows of labelling round ``number`` (sentence-and-target rows chosen by ``tagger select``), settled labels."""
+    out = []
+    for row in rows:
+        label = row["settled"]
+        check_labels(label, {"targets": [row["target"]]}, row["id"])
+        out.append(
+            {
+                "id": row["id"],
+                "doc_id": row["doc_id"],
+                "text": row["text"],
+                "topics": [t for t in TOPICS if t in label["topics"]],
+                "stance": label["stance"][row["target"]],
+                "target": row["target"],
+                "title": row["title"],
+                "date": row["date"],
+                "source": row["source"],
+                "licence": row["licence"],
+                "double_labelled": True,
+                "round": number,
+            }
+        )
     return out
 
 
@@ -107,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     make.add_argument("raw", type=Path)
     make.add_argument("labels", type=Path, nargs="+")
     make.add_argument("--settled", type=Path, required=True)
+    make.add_argument("--round", type=Path, action="append", default=[], dest="rounds")
     make.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "agreement":
@@ -114,6 +145,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     labels = [label for path in args.labels for label in read_jsonl(path)]
     rows = build(read_jsonl(args.raw), labels, read_jsonl(args.settled))
+    for number, path in enumerate(args.rounds, start=1):
+        rows += build_round(read_jsonl(path), number)
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise SystemExit("error: a row id appears twice across the rounds")
     args.out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     print(f"{len(rows)} rows from {len({r['doc_id'] for r in rows})} documents to {args.out}", file=sys.stderr)
 
