@@ -28,6 +28,7 @@ class TfidfParams(FamilyParams):
 
     word_ngram_range: tuple[int, int] = (1, 2)
     char_ngram_range: tuple[int, int] | None = (2, 5)
+    char_analyzer: Literal["char_wb", "char"] = "char_wb"  # char: n-grams also across spaces (e.g. "#tag w")
     min_df: int = Field(1, ge=1, le=MAX_COUNT)
     max_features: int | None = Field(None, ge=1, le=MAX_COUNT)
     sublinear_tf: bool = True
@@ -37,6 +38,7 @@ class TfidfParams(FamilyParams):
     cross_target: bool = False  # word n-grams also per target (stance): target-specific weights beside shared
     cross_target_min_sentences: int = Field(30, ge=1, le=MAX_COUNT)  # rarer targets use the shared weights only
     cross_target_min_df: int = Field(2, ge=1, le=MAX_COUNT)  # n-grams in fewer training sentences get no target copies
+    cross_target_char: bool = False  # with cross_target: the char n-grams get per-target copies too
     C: float = Field(4.0, gt=0, le=MAX_C)
     class_weight: Literal["balanced"] | None = "balanced"
 

@@ -23,7 +23,8 @@ class TargetCrossedWords(TransformerMixin, BaseEstimator):
 
     ``min_sentences``: a target needs this many training sentences for a block of its own (rarer
     targets, e.g. one-off headline pairs, use the shared weights only). ``min_df``: only n-grams in at
-    least this many training sentences get target copies, which keeps the weights small.
+    least this many training sentences get target copies, which keeps the weights small. ``analyzer``:
+    word n-grams by default; ``char`` or ``char_wb`` crosses character n-grams instead.
     """
 
     def __init__(
@@ -33,12 +34,14 @@ class TargetCrossedWords(TransformerMixin, BaseEstimator):
         sublinear_tf: bool = True,
         lowercase: bool = True,
         min_sentences: int = 30,
+        analyzer: str = "word",
     ):
         self.ngram_range = ngram_range
         self.min_df = min_df
         self.sublinear_tf = sublinear_tf
         self.lowercase = lowercase
         self.min_sentences = min_sentences
+        self.analyzer = analyzer
 
     def fit(self, X: pd.DataFrame, y=None) -> TargetCrossedWords:
         texts, targets = self._columns(X)
@@ -47,6 +50,7 @@ class TargetCrossedWords(TransformerMixin, BaseEstimator):
         self.targets_ = {target: slot for slot, target in enumerate(known)}
         rows = [i for i, t in enumerate(targets) if t in self.targets_]
         self.vectorizer_ = TfidfVectorizer(
+            analyzer=self.analyzer,
             ngram_range=tuple(self.ngram_range),
             min_df=min(self.min_df, max(len(rows), 1)),
             sublinear_tf=self.sublinear_tf,

@@ -68,7 +68,7 @@ class TfidfClassifier(TextClassifier):
                 (
                     "char",
                     TfidfVectorizer(
-                        analyzer="char_wb",
+                        analyzer=p["char_analyzer"],
                         ngram_range=tuple(p["char_ngram_range"]),
                         min_df=p["min_df"],
                         max_features=p["max_features"],
@@ -89,6 +89,16 @@ class TfidfClassifier(TextClassifier):
                 min_sentences=p["cross_target_min_sentences"],
             )
             blocks.append(("cross", crossing, ["text", "target"]))
+            if p["char_ngram_range"] and p["cross_target_char"]:
+                crossing = TargetCrossedWords(
+                    ngram_range=tuple(p["char_ngram_range"]),
+                    min_df=p["cross_target_min_df"],
+                    sublinear_tf=p["sublinear_tf"],
+                    lowercase=p["lowercase"],
+                    min_sentences=p["cross_target_min_sentences"],
+                    analyzer=p["char_analyzer"],
+                )
+                blocks.append(("cross_char", crossing, ["text", "target"]))
         return ColumnTransformer(blocks)
 
     def _classifier(self):
