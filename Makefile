@@ -12,10 +12,17 @@ FULL_CONFIGS := $(DEMO_CONFIGS) configs/topic/minilm_embed_logreg.yaml configs/s
                 configs/topic/static_logreg.yaml configs/stance/static_logreg.yaml \
                 configs/topic/minilm_finetune.yaml configs/stance/minilm_finetune.yaml
 UI_PORT ?= 5000
+# Label Studio, in a virtualenv of its own (it pins pyarrow<25; .venv has 25): `make labelstudio`
+LS_VENV ?= .venv-labelstudio
+LS_STAMP := $(LS_VENV)/.installed-stamp
+LS_VERSION := 1.23.2
+LS_PORT ?= 8080
+LS_ENV := LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
 .PHONY: install install-spark install-mpnet browser services demo demo-full test lint bench bench-reliability ui clean-store \
+        labelstudio labelstudio-server test-labelstudio \
         tracking-server tracking-server-stop tracking-server-clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -43,6 +50,31 @@ $(MPNET_STAMP): $(STAMP) requirements-mpnet.txt
 	touch $(MPNET_STAMP)
 
 install-mpnet: $(MPNET_STAMP)
+
+# Label Studio (about 1 GB, 159 packages) for tests/test_labelstudio_server.py and `make labelstudio-server`.
+# Its database schema is migrated once into $(LS_VENV)/template (about 2 minutes here), so a test's server,
+# started on a copy, answers in seconds. Not part of `make test` (it takes minutes): `make test-labelstudio`.
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --quiet --disable-pip-version-check label-studio==$(LS_VERSION)
+	rm -rf $(LS_VENV)/template && mkdir $(LS_VENV)/template
+	cd $(LS_VENV)/template && HOME=$$PWD LABEL_STUDIO_BASE_DATA_DIR=$$PWD $(LS_ENV) \
+		../bin/label-studio version >migrate.log 2>&1 || { cat migrate.log; exit 1; }
+	test -s $(LS_VENV)/template/label_studio.sqlite3
+	touch $(LS_STAMP)
+
+labelstudio: $(LS_STAMP)
+
+# the round trip through a real Label Studio server and its HTTP API (tagger select → project → annotations → export → import-labels)
+test-labelstudio: $(STAMP) $(LS_STAMP)
+	$(PY) -m pytest -q --durations=5 tests/test_labelstudio_server.py
+
+# Label Studio for people, on loopback: http://127.0.0.1:$(LS_PORT) (sign up on first visit); data in .labelstudio/
+labelstudio-server: $(LS_STAMP)
+	mkdir -p .labelstudio
+	test -e .labelstudio/label_studio.sqlite3 || cp $(LS_VENV)/template/label_studio.sqlite3 .labelstudio/
+	LABEL_STUDIO_BASE_DATA_DIR=$(CURDIR)/.labelstudio $(LS_ENV) \
+		$(LS_VENV)/bin/label-studio start --no-browser --internal-host 127.0.0.1 --port $(LS_PORT)
 
 demo: $(STAMP)
 	@$(MAKE) --no-print-directory train-configs CONFIGS="$(DEMO_CONFIGS)"
