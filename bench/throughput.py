@@ -175,6 +175,52 @@ def bench_transformer(n_sentences: int = 1000) -> dict:
     }
 
 
+ENCODERS = ("all-MiniLM-L6-v2", "all-mpnet-base-v2")  # the default, then the optional extra (make install-mpnet)
+
+
+def bench_encoders(n_sentences: int = 600, repeats: int = 3) -> dict:
+    """Frozen-encoder speed, as ``embedding_logreg`` encodes (no cache): sentences/s of each encoder in
+    ``ENCODERS`` on the same corpus sentences (half real, half written), side by side; one that is not
+    installed is skipped with the reason. Per CPU-second too, which other load on the machine moves less."""
+    import os
+
+    import torch
+
+    from train.errors import TaggerError
+    from train.models.encoder import SentenceEncoder, resolve_encoder, set_threads
+
+    set_threads(None)
+    texts = []
+    for corpus in ("real_news.jsonl", "news_sentences.jsonl"):
+        rows = [json.loads(line) for line in (PROJECT_ROOT / "data/train" / corpus).open(encoding="utf-8")]
+        texts += [r["text"] for r in rows[:: max(1, len(rows) // (n_sentences // 2))]][: n_sentences // 2]
+    results: dict = {"sentences": len(texts), "max_length": 128, "batch_size": 64, "threads": torch.get_num_threads()}
+    results["load_average_before"] = round(os.getloadavg()[0], 2)
+    for name in ENCODERS:
+        try:
+            encoder = SentenceEncoder(resolve_encoder(name))
+        except TaggerError as exc:
+            results[name] = {"skipped": str(exc)}
+            continue
+        encoder.encode(texts[:16])  # warm-up
+        wall, cpu = [], []
+        for _ in range(repeats):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            encoder.encode(texts)
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        results[name] = {
+            "sentences_per_second": round(len(texts) / float(np.median(wall)), 1),
+            "sentences_per_cpu_second": round(len(texts) / float(np.median(cpu)), 1),
+            "parameters_millions": round(sum(p.numel() for p in encoder.model.parameters()) / 1e6, 1),
+            "dimensions": encoder.model.config.hidden_size,
+            "mean_tokens": round(float(np.mean([len(i) for i in encoder.tokenizer(texts)["input_ids"]])), 1),
+        }
+    results["load_average_after"] = round(os.getloadavg()[0], 2)
+    results["peak_rss_mb_so_far"] = round(peak_rss_mb(), 1)
+    return results
+
+
 def write_results(results: dict, path: Path) -> None:
     """Write benchmark results as JSON (and echo them)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,8 +233,17 @@ def main() -> None:
     parser.add_argument("--output", default="bench/results.json")
     parser.add_argument("--configs", nargs="*", default=CONFIGS)
     parser.add_argument("--skip-transformer", action="store_true", help="TF-IDF numbers only.")
+    parser.add_argument(
+        "--only-encoders", action="store_true", help="Only the frozen-encoder speed, updated in --output's file."
+    )
     args = parser.parse_args()
     quiet_libraries()
+    if args.only_encoders:
+        output = Path(args.output)
+        results = json.loads(output.read_text(encoding="utf-8")) if output.exists() else {}
+        results["encoders"] = bench_encoders()
+        write_results(results, output)
+        return
     results = {
         "machine": {
             "python": platform.python_version(),
@@ -200,6 +255,7 @@ def main() -> None:
     if not args.skip_transformer:
         results["fine_tune"] = fine_tune_times()
         results["transformer_inference"] = bench_transformer()
+        results["encoders"] = bench_encoders()
     results["peak_rss_mb"] = round(peak_rss_mb(), 1)
     write_results(results, Path(args.output))
 
