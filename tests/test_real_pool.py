@@ -27,11 +27,13 @@ def test_pool_rows_have_the_schema_and_open_licences():
     assert POOL_FILE.stat().st_size < 3_000_000
 
 
-def test_pool_does_not_overlap_the_labelled_corpus():
+def test_pool_does_not_overlap_the_first_labelling_and_later_rounds_come_from_it():
     rows = read_jsonl(POOL_FILE)
-    labelled = read_jsonl(ROOT / "data/train/real_news.jsonl") + read_jsonl(
-        ROOT / "data/annotation/real_news_sentences.jsonl"
-    )
+    corpus = read_jsonl(ROOT / "data/train/real_news.jsonl")
+    labelled = [r for r in corpus if r["round"] == 0] + read_jsonl(ROOT / "data/annotation/real_news_sentences.jsonl")
+    pool_rows = {(r["id"], r["text"], r["target"]) for r in rows}
+    later = [r for r in corpus if r["round"] > 0]
+    assert later and all((r["id"], r["text"], r["target"]) in pool_rows for r in later)
     assert not {r["id"] for r in rows} & {r["id"] for r in labelled}
     assert not {r["doc_id"] for r in rows} & {r["doc_id"] for r in labelled}
     assert not {normalise(r["text"]) for r in rows} & {normalise(r["text"]) for r in labelled}
@@ -45,11 +47,13 @@ def test_pool_does_not_leak_seeds():
     assert leaks == [], [(leak.train_text, leak.eval_text) for leak in leaks[:5]]
 
 
-def test_select_reads_the_pool_once_per_sentence():
+def test_select_reads_the_pool_once_per_sentence_and_target():
     rows = read_jsonl(POOL_FILE)
     pool = read_pool(POOL_FILE, "closer Iran–Iraq ties")
-    assert len(pool.records) == len({r["text"] for r in rows})
+    assert len(pool.records) == len({(r["text"], r["target"]) for r in rows})
     assert {r["doc_id"] for r in pool.records} == {r["doc_id"] for r in rows}
+    rest = read_pool(POOL_FILE, "closer Iran–Iraq ties", exclude=(ROOT / "data/train/real_news.jsonl",))
+    assert len(rest.records) == len(pool.records) - 300  # round 1 of the labelled corpus came from the pool
 
 
 def test_countries_and_pairs_of_a_story():
