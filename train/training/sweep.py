@@ -310,7 +310,7 @@ def _run_workers(spec: SweepSpec, jobs: int) -> None:
 
 
 def _spawned_worker(spec: SweepSpec, index: int, parent_pid: int) -> None:
-    from train.cli import quiet_libraries
+    from train.runtime import quiet_libraries
 
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s %(levelname)-7s [worker {index}] %(message)s", datefmt="%H:%M:%S"
