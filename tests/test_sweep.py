@@ -172,9 +172,9 @@ def test_a_killed_sweep_is_resumed_and_its_dead_trial_rerun(tmp_path, sweep_env)
     space = space_file(tmp_path, {"model.params.C": {"type": "float", "low": 0.1, "high": 10, "log": True}})
     args = ("sweep", CONFIG, "--space", space, "--trials", 2, "--study", "killed", *sets)
     proc = tagger(env, *args, start_new_session=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # generous: the first trial starts after the imports, slow on a loaded machine
     running = []
-    while time.time() < deadline and not running:
+    while time.time() < deadline and not running and proc.poll() is None:
         time.sleep(0.2)
         if (tmp_path / "optuna.db").exists():
             try:
@@ -182,7 +182,7 @@ def test_a_killed_sweep_is_resumed_and_its_dead_trial_rerun(tmp_path, sweep_env)
                 running = [t for t in trials if t.state.name == "RUNNING" and "tagger.pid" in t.user_attrs]
             except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # no study yet, or the sweep is creating the schema
                 continue
-    assert running, "no trial started"
+    assert running, "no trial started" + (f"; the sweep exited: {proc.communicate()[1]}" if proc.poll() else "")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     again = tagger(env, *args)
