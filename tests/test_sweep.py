@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import signal
@@ -191,3 +192,32 @@ def test_a_killed_sweep_is_resumed_and_its_dead_trial_rerun(tmp_path, sweep_env)
     study = load_study(tmp_path, "killed")
     assert study.trials[running[0].number].state.name == "FAIL"
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 2
+
+
+def _open_at_once(url: str, ours: bool, barrier, results) -> None:
+    """Open Optuna's storage on ``url`` when every process is ready: through ``open_storage`` or plain Optuna."""
+    import optuna
+
+    from train.training.sweep import open_storage
+
+    barrier.wait()
+    try:
+        open_storage(url) if ours else optuna.storages.RDBStorage(url)
+        results.put((ours, "ok"))
+    except Exception as exc:  # noqa: BLE001 - the plain clients may lose the race; ours must not
+        results.put((ours, f"{type(exc).__name__}: {exc}"))
+
+
+def test_a_sweep_opens_a_new_storage_while_other_optuna_clients_create_it(tmp_path):
+    """Plain Optuna clients (a script, a dashboard) creating the schema at the same moment do not fail a sweep."""
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'race{attempt}.db'}"
+        barrier, results = context.Barrier(6), context.Queue()
+        workers = [context.Process(target=_open_at_once, args=(url, i % 2 == 0, barrier, results)) for i in range(6)]
+        for worker in workers:
+            worker.start()
+        outcomes = [results.get(timeout=120) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=60)
+        assert all(outcome == "ok" for ours, outcome in outcomes if ours), outcomes

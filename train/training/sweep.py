@@ -108,15 +108,30 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage with heartbeats; its schema is created by one process at a time."""
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
-    try:
-        with storage_lock(url, "schema"):
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
-            )
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many types for a bad URL
-        raise TaggerError(
-            f"optuna storage {store.redact(url)} cannot be opened ({type(exc).__name__}: {exc})"
-        ) from None
+    deadline = time.monotonic() + SCHEMA_RACE_SECONDS
+    while True:
+        try:
+            with storage_lock(url, "schema"):
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
+                )
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many types for a bad URL
+            # another client (an Optuna script, a dashboard) creating the schema at this moment: try again
+            if _schema_race(exc) and time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            raise TaggerError(
+                f"optuna storage {store.redact(url)} cannot be opened ({type(exc).__name__}: {exc})"
+            ) from None
+
+
+SCHEMA_RACE_SECONDS = 30
+
+
+def _schema_race(exc: BaseException) -> bool:
+    """An error of two clients creating Optuna's tables at once (a unique row or a table made twice)."""
+    text = str(exc).lower()
+    return any(sign in text for sign in ("unique constraint", "already exists", "duplicate key", "database is locked"))
 
 
 storage_lock = store.storage_lock  # moved to train.tracking.store (promote shares it); this name stays importable
