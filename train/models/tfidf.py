@@ -81,23 +81,20 @@ class TfidfClassifier(TextClassifier):
         if use_target:
             blocks.append(("target", TfidfVectorizer(lowercase=True), "target"))
         if use_target and p["cross_target"]:
-            crossing = TargetCrossedWords(
-                ngram_range=tuple(p["word_ngram_range"]),
-                min_df=p["cross_target_min_df"],
-                sublinear_tf=p["sublinear_tf"],
-                lowercase=p["lowercase"],
-                min_sentences=p["cross_target_min_sentences"],
-            )
-            blocks.append(("cross", crossing, ["text", "target"]))
-            if p["char_ngram_range"] and p["cross_target_char"]:
-                crossing = TargetCrossedWords(
-                    ngram_range=tuple(p["char_ngram_range"]),
+
+            def crossed(ngram_range, analyzer: str = "word") -> TargetCrossedWords:
+                return TargetCrossedWords(
+                    ngram_range=tuple(ngram_range),
                     min_df=p["cross_target_min_df"],
                     sublinear_tf=p["sublinear_tf"],
                     lowercase=p["lowercase"],
                     min_sentences=p["cross_target_min_sentences"],
-                    analyzer=p["char_analyzer"],
+                    analyzer=analyzer,
                 )
+
+            blocks.append(("cross", crossed(p["word_ngram_range"]), ["text", "target"]))
+            if p["char_ngram_range"] and p["cross_target_char"]:
+                crossing = crossed(p["char_ngram_range"], p["char_analyzer"])
                 blocks.append(("cross_char", crossing, ["text", "target"]))
         return ColumnTransformer(blocks)
 
