@@ -66,6 +66,14 @@ def model_params_schema(name: str) -> type[BaseModel]:
     return get_family(name).Params
 
 
+def family_name(cls: type) -> str:
+    """The name ``cls`` is registered under (``ValueError`` for an unregistered class)."""
+    for name, registered in model_families.get_all().items():
+        if registered is cls:
+            return name
+    raise ValueError(f"{cls.__name__} is not a registered model family")
+
+
 def build_model(name: str, task_type: str, labels: list[str], params: dict, seed: int) -> Any:
     """Instantiate a registered family from validated config values."""
     return get_family(name)(task_type=task_type, labels=labels, seed=seed, **params)
