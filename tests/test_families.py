@@ -10,16 +10,6 @@ from conftest import ROOT
 from train.models.checks import check_family
 from train.registry import BUILTIN_FAMILIES
 
-FAST_PARAMS = {
-    "tfidf_logreg": {},
-    "tfidf_svm": {"calibration_folds": 2},
-    "embedding_logreg": {"batch_size": 16},
-    "transformer": {"max_steps": 2, "batch_size": 8, "max_length": 32, "early_stopping_patience": None},
-    "setfit": {"max_steps": 2, "batch_size": 8, "num_iterations": 1, "max_length": 32},
-    "static_logreg": {"pca_dims": 32},  # distilled from the tiny encoder (below): a second, not 20
-}
-
-
 @pytest.mark.parametrize("family", sorted(BUILTIN_FAMILIES))
 def test_builtin_family_keeps_the_contract(family, tmp_path, monkeypatch, request):
     monkeypatch.setenv("TAGGER_HOME", str(tmp_path / "home"))  # the embedding cache goes to a throw-away folder
@@ -27,11 +17,41 @@ def test_builtin_family_keeps_the_contract(family, tmp_path, monkeypatch, reques
     # two fine-tuning steps cannot learn the toy problem: the transformer's label order is checked on real
     # data by test_transformer.py
     # setfit's head is fitted in full, so two encoder steps still learn the toy problem
-    params = dict(FAST_PARAMS[family])
+    params = dict(BUILTIN_FAMILIES[family].quick_params)
     if family == "static_logreg":
         params["name_or_path"] = request.getfixturevalue("tiny_encoder")
     check_family(family, params, min_agreement=0.0 if family == "transformer" else 0.5)
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["home"]), list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("family", sorted(BUILTIN_FAMILIES))
+def test_each_family_is_declared_once_by_its_spec(family):
+    """The lazy table (``train.models.catalog``) and the registry agree: the spec's module registers
+    the spec's name, with the spec's params, and the class declares no ``Params`` of its own."""
+    import importlib
+
+    from train.registry import model_families
+
+    spec = BUILTIN_FAMILIES[family]
+    importlib.import_module(spec.module)
+    cls = model_families.get(family)
+    assert cls.__module__ == spec.module
+    assert cls.Params is spec.Params
+    assert spec.Params(**spec.quick_params)  # the quick settings are valid params
+
+
+def test_every_family_in_the_package_is_in_the_catalog():
+    """A family registered in ``train.models`` but missing from the catalog would not be found by name
+    until its module happened to be imported (read from the source: importing them all takes seconds)."""
+    from collections import Counter
+
+    registered = Counter()
+    for path in (ROOT / "train" / "models").glob("*.py"):
+        found = re.findall(r"^@(register_family|model_families\.register)\(", path.read_text(), re.M)
+        assert "model_families.register" not in found, f"{path.name}: register built-in families with their spec"
+        registered[f"train.models.{path.stem}"] += len(found)
+    declared = Counter(spec.module for spec in BUILTIN_FAMILIES.values())
+    assert +registered == declared
 
 
 @pytest.fixture

@@ -1,38 +1,44 @@
 """Model families, found by registered name (as spaCy finds components).
 
-A family is a class with a nested pydantic ``Params`` model and a constructor taking
-``task_type``, ``labels``, ``seed`` and those params. Register it with ``@model_families.register``;
-plug-ins can also register through the ``tagger_model_families`` entry-point group.
+A family is a ``TextClassifier`` subclass with a pydantic ``Params`` model (its constructor takes
+``task_type``, ``labels``, ``seed`` and those params). Built-in families are declared once, in
+``train.models.catalog``, and registered with ``@register_family(SPEC)``; a plug-in sets ``Params``
+itself and registers with ``@model_families.register(name)`` or the ``tagger_model_families``
+entry-point group.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import catalogue
 from pydantic import BaseModel
 
+from train.models.catalog import BUILTIN, FamilySpec
+
 model_families = catalogue.create("tagger", "model_families", entry_points=True)
 
 
-# Built-in families and the module that registers each; a module is imported only when its family
-# is used, so TF-IDF runs never import torch or transformers.
-BUILTIN_FAMILIES = {
-    "tfidf_logreg": "train.models.tfidf",
-    "tfidf_svm": "train.models.tfidf",
-    "transformer": "train.models.transformer",
-    "embedding_logreg": "train.models.embedding",
-    "setfit": "train.models.setfit_family",
-    "static_logreg": "train.models.static",
-}
+BUILTIN_FAMILIES = BUILTIN  # name -> FamilySpec; a family's module is imported on first use
+
+
+def register_family(spec: FamilySpec) -> Callable[[type], type]:
+    """Class decorator: register a built-in family under ``spec.name``, with ``spec.Params`` as its ``Params``."""
+
+    def decorate(cls: type) -> type:
+        cls.Params = spec.Params
+        return model_families.register(spec.name)(cls)
+
+    return decorate
 
 
 def get_family(name: str) -> Any:
     """The family class registered under ``name``; a clear error suggests the closest name."""
     if name in BUILTIN_FAMILIES:
-        importlib.import_module(BUILTIN_FAMILIES[name])
+        importlib.import_module(BUILTIN_FAMILIES[name].module)
     try:
         return model_families.get(name)
     except catalogue.RegistryError:
@@ -44,25 +50,13 @@ def get_family(name: str) -> Any:
         ) from None
 
 
-BUILTIN_PARAMS = {
-    "tfidf_logreg": "TfidfParams",
-    "tfidf_svm": "TfidfSvmParams",
-    "transformer": "TransformerParams",
-    "embedding_logreg": "EmbeddingParams",
-    "setfit": "SetFitParams",
-    "static_logreg": "StaticParams",
-}
-
-
 def model_params_schema(name: str) -> type[BaseModel]:
     """The pydantic model that validates ``model.params`` for a family.
 
-    Built-in families' params come from ``train.models.params`` without importing the family itself.
+    Built-in families' params come from their spec, without importing the family itself.
     """
-    if name in BUILTIN_PARAMS:
-        from train.models import params
-
-        return getattr(params, BUILTIN_PARAMS[name])
+    if name in BUILTIN_FAMILIES:
+        return BUILTIN_FAMILIES[name].Params
     return get_family(name).Params
 
 

@@ -15,10 +15,12 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 from sklearn.preprocessing import MultiLabelBinarizer
 
 from train.domain import target_actors
 from train.models.decision import apply_offsets, best_offsets, best_thresholds
+from train.models.params import FamilyParams
 
 
 def as_frame(X: pd.DataFrame | Sequence[str]) -> pd.DataFrame:
@@ -46,18 +48,20 @@ class TextClassifier:
     """Base for families: subclasses implement ``_fit`` and ``_scores``.
 
     Constructor arguments are the config: ``task_type``, ``labels``, ``seed`` and the family's
-    validated params, which ``get_params`` returns.
+    params, validated by its ``Params`` model and kept as ``params`` (``get_params`` returns them).
     """
+
+    Params: type[BaseModel] = FamilyParams  # a family's settings; built-in families get theirs from their spec
 
     requirements: tuple[str, ...] = ()  # extra pip packages a logged model needs
     backends: tuple[str, ...] = ("sklearn",)  # inference backends ``set_backend`` accepts
     supports_sample_weight: bool = False  # ``_fit`` takes ``sample_weight`` (per-corpus ``data.weights``)
 
-    def __init__(self, task_type: str, labels: list[str], seed: int = 13):
+    def __init__(self, task_type: str, labels: list[str], seed: int = 13, **params):
         self.task_type = task_type
         self.labels = list(labels)
         self.seed = seed
-        self.params: dict = {}
+        self.params: dict = self.Params(**params).model_dump()
 
     def get_params(self, deep: bool = True) -> dict:
         return {"task_type": self.task_type, "labels": self.labels, "seed": self.seed, **self.params}

@@ -11,17 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
+from train.models.catalog import EMBEDDING_LOGREG
 from train.models.encoder import EmbeddingCache, SentenceEncoder, resolve_encoder, set_threads
-from train.models.params import EmbeddingParams
 from train.models.vector_head import SentenceVectorLogReg
-from train.registry import model_families
+from train.registry import register_family
 
 
-@model_families.register("embedding_logreg")
+@register_family(EMBEDDING_LOGREG)
 class EmbeddingLogReg(SentenceVectorLogReg):
     """Logistic regression on frozen encoder embeddings."""
 
-    Params = EmbeddingParams
     requirements = ("torch", "transformers")
 
     def _cache(self) -> EmbeddingCache:

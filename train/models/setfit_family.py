@@ -20,23 +20,18 @@ import numpy as np
 import pandas as pd
 
 from train.models.base import TextClassifier, mask_actors
+from train.models.catalog import SETFIT
 from train.models.encoder import resolve_encoder, set_threads
-from train.models.params import SetFitParams
-from train.registry import model_families
+from train.registry import register_family
 
 TARGET_SEPARATOR = " | "
 
 
-@model_families.register("setfit")
+@register_family(SETFIT)
 class SetFitClassifier(TextClassifier):
     """SetFit: contrastively tuned sentence encoder + logistic-regression head."""
 
-    Params = SetFitParams
     requirements = ("setfit", "sentence-transformers", "torch", "transformers")
-
-    def __init__(self, task_type: str, labels: list[str], seed: int = 13, **params):
-        super().__init__(task_type, labels, seed)
-        self.params = self.Params(**params).model_dump()
 
     def _texts(self, X: pd.DataFrame) -> list[str]:
         """The encoder's input: the sentence, or ``"<target> | <sentence>"`` for stance."""

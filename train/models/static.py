@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from train.models.catalog import STATIC_LOGREG
 from train.models.encoder import model_key, resolve_encoder, set_threads
-from train.models.params import StaticParams
 from train.models.vector_head import SentenceVectorLogReg
-from train.registry import model_families
+from train.registry import register_family
 
 log = logging.getLogger("tagger")
 
@@ -119,11 +119,10 @@ class StaticEncoder:
         raise TypeError("StaticEncoder is rebuilt from the saved static model, not pickled")
 
 
-@model_families.register("static_logreg")
+@register_family(STATIC_LOGREG)
 class StaticLogReg(SentenceVectorLogReg):
     """Logistic regression on mean-pooled static token embeddings (model2vec)."""
 
-    Params = StaticParams
     requirements = ("model2vec",)
 
     def _static(self):

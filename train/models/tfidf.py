@@ -23,21 +23,15 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.class_weight import compute_class_weight
 
 from train.models.base import TextClassifier, mask_actors
+from train.models.catalog import TFIDF_LOGREG, TFIDF_SVM
 from train.models.linear_scoring import CompiledPipeline
-from train.models.params import TfidfParams, TfidfSvmParams
 from train.models.target_cross import TargetCrossedWords
 from train.models.weighting import fit_weighted
-from train.registry import model_families
+from train.registry import register_family
 
 
 class TfidfClassifier(TextClassifier):
     """TF-IDF features + a linear classifier; the classifier is chosen by the subclass."""
-
-    Params = TfidfParams
-
-    def __init__(self, task_type: str, labels: list[str], seed: int = 13, **params):
-        super().__init__(task_type, labels, seed)
-        self.params = self.Params(**params).model_dump()
 
     def _inputs(self, X: pd.DataFrame) -> dict[str, list[str]]:
         """The columns the features read: ``text`` (actors masked if asked) and ``target`` ("" if none)."""
@@ -142,7 +136,7 @@ class TfidfClassifier(TextClassifier):
         return {k: v for k, v in self.__dict__.items() if k != "compiled_"}
 
 
-@model_families.register("tfidf_logreg")
+@register_family(TFIDF_LOGREG)
 class TfidfLogReg(TfidfClassifier):
     """TF-IDF + logistic regression (probabilities are the model's own)."""
 
@@ -152,11 +146,9 @@ class TfidfLogReg(TfidfClassifier):
         )
 
 
-@model_families.register("tfidf_svm")
+@register_family(TFIDF_SVM)
 class TfidfSvm(TfidfClassifier):
     """TF-IDF + linear SVM, with probabilities calibrated by cross-validation."""
-
-    Params = TfidfSvmParams
 
     def check_data(self, X: pd.DataFrame, Y: np.ndarray) -> None:
         """Calibration's cross-validation needs ``calibration_folds`` examples of each class."""

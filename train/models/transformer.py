@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from train.models.base import TextClassifier, mask_actors
+from train.models.catalog import TRANSFORMER
 from train.models.encoder import length_sorted_batches, load_tokenizer, resolve_encoder, set_threads
-from train.models.params import TransformerParams
-from train.registry import model_families
+from train.registry import register_family
 
 log = logging.getLogger("tagger")
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -57,17 +57,15 @@ def _macro_f1(logits: np.ndarray, labels: np.ndarray, multilabel: bool) -> float
     return float(f1_score(labels, logits.argmax(-1), average="macro", zero_division=0))
 
 
-@model_families.register("transformer")
+@register_family(TRANSFORMER)
 class TransformerClassifier(TextClassifier):
     """A fine-tuned encoder with a classification head."""
 
-    Params = TransformerParams
     requirements = ("torch", "transformers", "onnxruntime", "onnx")
     backends = BACKENDS
 
     def __init__(self, task_type: str, labels: list[str], seed: int = 13, **params):
-        super().__init__(task_type, labels, seed)
-        self.params = self.Params(**params).model_dump()
+        super().__init__(task_type, labels, seed, **params)
         self.backend = self.params["backend"]
 
     # --- inputs ------------------------------------------------------------------------------

@@ -22,13 +22,9 @@ from train.models.weighting import fit_weighted
 class SentenceVectorLogReg(TextClassifier):
     """Base of families that encode sentences to vectors and fit a logistic-regression head on them.
 
-    Subclasses set ``Params`` (with ``C``, ``class_weight``, ``use_target``, ``mask_target_actors``,
-    ``cache_dir``) and implement ``_encode``.
+    Subclasses' ``Params`` have ``C``, ``class_weight``, ``use_target``, ``mask_target_actors`` and
+    ``cache_dir``; they implement ``_encode``.
     """
-
-    def __init__(self, task_type: str, labels: list[str], seed: int = 13, **params):
-        super().__init__(task_type, labels, seed)
-        self.params = self.Params(**params).model_dump()
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
