@@ -90,7 +90,7 @@ def registry(tmp_path_factory):
             config = load_config(
                 ROOT / f"configs/{task}/{family}.yaml", [f"data.train={data}", "evaluation.bootstrap_samples=0"]
             )
-            runs[(task, family)] = train(config, f"configs/{task}/{family}.yaml")
+            runs[(task, family)] = train(config, config_path=f"configs/{task}/{family}.yaml")
     first = invoke("promote", "--task", "topic").stdout
     invoke("promote", "--task", "stance")
     return runs, first

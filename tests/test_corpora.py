@@ -29,7 +29,7 @@ def test_cv_scores_each_corpus(two_corpora, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
     a, b = two_corpora
     config = load_config(TOPIC, [f"data.train={{real: {a}, written: {b}}}", "evaluation.sets=[]", *FAST])
-    run = mlflow.get_run(cross_validate(config, TOPIC, folds=3))
+    run = mlflow.get_run(cross_validate(config, config_path=TOPIC, folds=3))
     metrics = run.data.metrics
     for name in ("real", "written"):
         assert 0 < metrics[f"cv/{name}/f1_macro_mean"] <= 1
@@ -43,7 +43,7 @@ def test_train_reports_dev_per_corpus(two_corpora, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
     a, b = two_corpora
     config = load_config(TOPIC, [f"data.train={{real: {a}, written: {b}}}", "evaluation.sets=[]", *FAST])
-    metrics = mlflow.get_run(train(config, TOPIC)).data.metrics
+    metrics = mlflow.get_run(train(config, config_path=TOPIC)).data.metrics
     assert "dev_real/f1_macro" in metrics and "dev_written/f1_macro" in metrics, sorted(metrics)
 
 
@@ -112,7 +112,7 @@ def test_train_with_weights_and_its_errors(two_corpora, tmp_path, monkeypatch):
     a, b = two_corpora
     corpora = f"data.train={{real: {a}, written: {b}}}"
     config = load_config(TOPIC, [corpora, "data.weights={real: 3}", "evaluation.sets=[]", *FAST])
-    run = mlflow.get_run(train(config, TOPIC))
+    run = mlflow.get_run(train(config, config_path=TOPIC))
     assert run.data.params["data.weights.real"] == "3.0", sorted(run.data.params)
     for override, message in [
         ("data.weights={real: 0}", r"data\.weights\.real.*greater than 0"),

@@ -41,7 +41,7 @@ def test_cv_logs_a_parent_with_fold_children_and_a_final_model(small_train, tmp_
         ROOT / "configs/topic/tfidf_logreg.yaml",
         [f"data.train={small_train}", "evaluation.bootstrap_samples=0", "model.params.char_ngram_range=null"],
     )
-    parent_id = cross_validate(config, "configs/topic/tfidf_logreg.yaml", folds=3)
+    parent_id = cross_validate(config, config_path="configs/topic/tfidf_logreg.yaml", folds=3)
     parent = mlflow.get_run(parent_id)
     assert parent.data.tags["tagger.cv"] == "parent"
     assert {"cv/f1_macro_mean", "cv/f1_macro_std", "seeds/f1_macro"} <= set(parent.data.metrics)

@@ -85,7 +85,7 @@ def test_readme_recipe_registers_a_working_family(readme_family, small_train):
     )
     import mlflow
 
-    run = mlflow.get_run(train(config, Path("word_rates.yaml")))
+    run = mlflow.get_run(train(config, config_path=Path("word_rates.yaml")))
     assert run.data.params["model.family"] == "word_rates" and run.data.params["model.params.smoothing"] == "0.5"
     assert run.data.metrics["seeds/f1_macro"] > 0
 

@@ -263,6 +263,7 @@ def test_a_sweep_whose_trials_all_fail_exits_with_the_first_cause(tmp_path, smal
 
 def test_a_suggest_that_raises_counts_as_a_failure(tmp_path, small_train, monkeypatch):
     """Optuna refusing a value (here: a space changed under a study) is a failed trial, not an endless loop."""
+    from train.config import load_config
     from train.training import sweep as sweep_module
     from train.training.space import FloatRange
 
@@ -277,7 +278,9 @@ def test_a_suggest_that_raises_counts_as_a_failure(tmp_path, small_train, monkey
     from train.errors import TaggerError
 
     with pytest.raises(TaggerError, match="the sampler cannot draw this value"):
-        sweep_module.sweep(TOPIC, space, 50, overrides=(f"data.train={small_train}",))
+        overrides = (f"data.train={small_train}",)
+        options = sweep_module.SweepOptions(str(space), 50, overrides=overrides)
+        sweep_module.sweep(load_config(TOPIC, list(overrides)), config_path=TOPIC, options=options)
 
 
 # --- temporary files ----------------------------------------------------------------------------------------

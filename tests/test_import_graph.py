@@ -64,3 +64,31 @@ def test_no_import_cycle_in_the_package():
     graph = import_graph()
     assert "train.training.sweep" in graph["train.cli"]  # the graph sees imports inside functions
     assert cycles(graph) == []
+
+
+def imported_modules(path) -> set[str]:
+    """Every module a file imports, at the top or inside a function (absolute names, as written)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return found
+
+
+def test_workflows_and_families_reach_tracking_only_through_the_recorder():
+    """No module under train/training/ or train/models/ (nor the recorder interface) imports mlflow,
+    even inside a function: the MLflow recorder in train/tracking/ is the one seam."""
+    files = [
+        *(ROOT / "train/training").rglob("*.py"),
+        *(ROOT / "train/models").rglob("*.py"),
+        ROOT / "train/tracking/recorder.py",
+    ]
+    assert len(files) > 10 and ROOT / "train/models/transformer.py" in files
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(m for m in imported_modules(path) if m.split(".")[0] == "mlflow")
+        for path in files
+    }
+    assert {path: mods for path, mods in offenders.items() if mods} == {}
+    assert "mlflow" in imported_modules(ROOT / "train/tracking/mlflow_recorder.py")  # the check sees imports

@@ -127,7 +127,7 @@ def test_mpnet_config_trains_on_a_tiny_file(tmp_path):
     data = write_jsonl(tmp_path / "tiny.jsonl", [r for r in rows if r["doc_id"] in docs][:120])
     path = "configs/topic/mpnet_embed_logreg.yaml"
     overrides = [f"data.train={data}", "tracking.log_model=false", "evaluation.sets=[]"]
-    run = mlflow.get_run(train(load_config(ROOT / path, overrides), path))
+    run = mlflow.get_run(train(load_config(ROOT / path, overrides), config_path=path))
     assert run.info.status == "FINISHED" and run.data.params["model.params.name_or_path"] == MPNET_ENCODER
     assert run.data.metrics["model_parameters"] > 100e6  # mpnet's 109M, not MiniLM's 23M
     assert 0 <= run.data.metrics["dev/f1_macro"] <= 1

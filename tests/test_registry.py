@@ -54,7 +54,10 @@ def trained(tmp_path_factory) -> tuple[Path, dict[str, tuple[str, str]]]:
                 overrides = [f"data.train={data}", "evaluation.bootstrap_samples=0", "evaluation.sets=[]"]
                 if family == "tfidf_logreg":
                     overrides.append("model.params.char_ngram_range=null")
-                train(load_config(ROOT / f"configs/{task}/{family}.yaml", overrides), f"configs/{task}/{family}.yaml")
+                train(
+                    load_config(ROOT / f"configs/{task}/{family}.yaml", overrides),
+                    config_path=f"configs/{task}/{family}.yaml",
+                )
         picks = {}
         for task in TASKS:
             choice = choose(task)

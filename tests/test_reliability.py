@@ -384,8 +384,9 @@ def test_runs_without_a_model_are_never_chosen(tmp_path, small_train, monkeypatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'model.db'}")
     config = ROOT / "configs/topic/tfidf_logreg.yaml"
     common = [f"data.train={small_train}", "evaluation.bootstrap_samples=0", "model.params.char_ngram_range=null"]
-    with_model = train(load_config(config, common), config)
-    without = train(load_config(config, [*common, "tracking.log_model=false"]), config)  # same scores, newer
+    with_model = train(load_config(config, common), config_path=config)
+    no_model = load_config(config, [*common, "tracking.log_model=false"])
+    without = train(no_model, config_path=config)  # same scores, newer
     assert choose("topic").winner["run_id"] == with_model
     assert list_runs("topic", "seeds/f1_macro")["run_id"].tolist() == [with_model]
     every = list_runs("topic", "seeds/f1_macro", every_status=True)

@@ -103,7 +103,7 @@ def test_shipped_spaces_fit_their_configs():
         ("configs/topic/minilm_finetune.yaml", "configs/spaces/transformer.yaml"),
     ]:
         loaded = load_space(ROOT / space)
-        check_space(loaded, ROOT / config, [], space)
+        check_space(loaded, load_config(ROOT / config), space)
         assert resolve_objective(load_config(ROOT / config), loaded, None) == ("cv/f1_macro_mean", "maximize")
 
 
@@ -131,7 +131,7 @@ def test_two_sweep_processes_share_one_study_exactly(tmp_path, sweep_env):
 def test_resumed_study_keeps_its_trials_and_best_config_reproduces(tmp_path, sweep_env, monkeypatch):
     from train.config import load_config
     from train.training.cv import cross_validate
-    from train.training.sweep import sweep
+    from train.training.sweep import SweepOptions, sweep
 
     env, sets = sweep_env
     for name in ("MLFLOW_TRACKING_URI", "TAGGER_HOME"):
@@ -146,11 +146,13 @@ def test_resumed_study_keeps_its_trials_and_best_config_reproduces(tmp_path, swe
     )
     out = tmp_path / "best"
     overrides = tuple(sets[1::2])
-    first = sweep(str(CONFIG), str(space), 2, study_name="grow", out=out, overrides=overrides)
+    config = load_config(CONFIG, list(overrides))
+    options = SweepOptions(str(space), 2, study="grow", out=out, overrides=overrides)
+    first = sweep(config, config_path=str(CONFIG), options=options)
     before = {t.number: (t.params, t.value) for t in load_study(tmp_path, "grow").trials}
     with pytest.raises(TaggerError, match="was run with another space"):  # resuming needs the same space
         other = space_file(tmp_path / "other", {"model.params.C": {"type": "float", "low": 1, "high": 2}})
-        sweep(str(CONFIG), str(other), 4, study_name="grow", overrides=overrides)
+        sweep(config, config_path=str(CONFIG), options=SweepOptions(str(other), 4, study="grow", overrides=overrides))
     second = tagger(
         env, "sweep", CONFIG, "--space", space, "--study", "grow", "--out", out, "--trials", 4, "--jobs", 2, *sets
     )
@@ -164,7 +166,7 @@ def test_resumed_study_keeps_its_trials_and_best_config_reproduces(tmp_path, swe
     best = yaml.safe_load((out / "best.yaml").read_text(encoding="utf-8"))
     assert Path(best["extends"]) == CONFIG  # the study's folder is outside the project: an absolute path
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    run_id = cross_validate(load_config(out / "best.yaml", ["tracking.log_model=false"]), out / "best.yaml")
+    run_id = cross_validate(load_config(out / "best.yaml", ["tracking.log_model=false"]), config_path=out / "best.yaml")
     assert mlflow.get_run(run_id).data.metrics["cv/f1_macro_mean"] == pytest.approx(study.best_value, abs=1e-9)
 
 

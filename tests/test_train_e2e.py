@@ -26,7 +26,7 @@ def run_cli(*args, input=None):
 
 def _train(config_path, small_train, *extra):
     config = load_config(ROOT / config_path, [f"data.train={small_train}", "evaluation.bootstrap_samples=200", *extra])
-    return train(config, config_path)
+    return train(config, config_path=config_path)
 
 
 def test_topic_run_logs_everything(small_train, tmp_path):

@@ -43,7 +43,7 @@ def tiny_run(tmp_path_factory):
     config = load_config(ROOT / "configs/topic/minilm_finetune.yaml", overrides)
     exports = Path(tempfile.gettempdir()).glob("tagger-onnx-*")
     before = set(exports)
-    run_id = train(config, "configs/topic/minilm_finetune.yaml")
+    run_id = train(config, config_path="configs/topic/minilm_finetune.yaml")
     # the parity check's ONNX exports (about 110 MB) are not left behind
     assert set(Path(tempfile.gettempdir()).glob("tagger-onnx-*")) == before
     return run_id
@@ -168,11 +168,11 @@ def test_embedding_family_caches_encodings(small_train, tmp_path):
         f"model.params.cache_dir={tmp_path / 'cache'}",
     ]
     config = load_config(ROOT / "configs/stance/minilm_embed_logreg.yaml", overrides)
-    first = train(config, "configs/stance/minilm_embed_logreg.yaml")
+    first = train(config, config_path="configs/stance/minilm_embed_logreg.yaml")
     files = sorted((tmp_path / "cache").rglob("*.npy"))
     assert len(files) >= len(read_jsonl(small_train))  # sentences + targets + seeds
     stamps = {f: f.stat().st_mtime_ns for f in files}
-    second = train(config, "configs/stance/minilm_embed_logreg.yaml")
+    second = train(config, config_path="configs/stance/minilm_embed_logreg.yaml")
     assert {f: f.stat().st_mtime_ns for f in sorted((tmp_path / "cache").rglob("*.npy"))} == stamps  # all hits
     a, b = (mlflow.get_run(r).data.metrics["seeds/f1_macro"] for r in (first, second))
     assert a == pytest.approx(b)
@@ -186,7 +186,7 @@ def test_tagger_backend_applies_to_the_models_that_have_it(tiny_run, small_train
     config = load_config(
         ROOT / "configs/stance/tfidf_logreg.yaml", [f"data.train={small_train}", "evaluation.bootstrap_samples=0"]
     )
-    stance_run = train(config, "configs/stance/tfidf_logreg.yaml")
+    stance_run = train(config, config_path="configs/stance/tfidf_logreg.yaml")
     tagger = Tagger.load(tiny_run, stance_run, backend="onnx-int8", force_backend=True)
     assert tagger.topic.backend == "onnx-int8"
     int8 = tagger.tag_sentences([{"text": "Gas exports resumed through the pipeline."}], "closer Iran–Iraq ties")

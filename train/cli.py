@@ -68,7 +68,7 @@ def train(config_path: str, overrides: tuple[str, ...]) -> None:
     config = load_config(config_path, list(overrides))  # config errors surface before the heavy imports
     from train.training.pipeline import train as run_training
 
-    click.echo(run_training(config, config_path))
+    click.echo(run_training(config, config_path=config_path))
 
 
 @cli.command()
@@ -83,7 +83,7 @@ def cv(config_path: str, folds: int | None, repeats: int | None, overrides: tupl
     config = load_config(config_path, list(overrides))
     from train.training.cv import cross_validate
 
-    click.echo(cross_validate(config, config_path, folds, repeats))
+    click.echo(cross_validate(config, config_path=config_path, folds=folds, repeats=repeats))
 
 
 @cli.command()
@@ -104,9 +104,14 @@ def cv(config_path: str, folds: int | None, repeats: int | None, overrides: tupl
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (repeatable).")
 def sweep(config_path, space_path, trials, jobs, storage, study_name, objective, out, overrides) -> None:
     """Search CONFIG's SPACE with Optuna, each trial a cross-validation; writes best.yaml."""
+    from train.config import load_config
+
+    config = load_config(config_path, list(overrides))
+    from train.training.sweep import SweepOptions
     from train.training.sweep import sweep as run_sweep
 
-    result = run_sweep(config_path, space_path, trials, jobs, storage, study_name, objective, out, overrides)
+    options = SweepOptions(space_path, trials, jobs, storage, study_name, objective, out, tuple(overrides))
+    result = run_sweep(config, config_path=config_path, options=options)
     click.echo(result.describe())
 
 

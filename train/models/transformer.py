@@ -151,9 +151,9 @@ class TransformerClassifier(TextClassifier):
                 eval_dataset=dev_set,
                 data_collator=DataCollatorWithPadding(self.tokenizer_),
                 compute_metrics=lambda pred: {"f1_macro": _macro_f1(pred.predictions, pred.label_ids, self.multilabel)},
-                callbacks=[_MlflowCurves(), *([keep_best] if keep_best else [])],
+                callbacks=[_Curves(), *([keep_best] if keep_best else [])],
             )
-            # progress goes to the log (stderr) through _MlflowCurves, not tqdm bars or printed dicts on stdout
+            # progress goes to the log (stderr) through _Curves, not tqdm bars or printed dicts on stdout
             trainer.remove_callback(PrinterCallback)
             trainer.remove_callback(ProgressCallback)
             trainer.loss_weights = self._loss_weights(Y) if p["class_weights"] else None
@@ -341,8 +341,9 @@ class _KeepBest(TrainerCallback):
             log.info("kept the weights of the best epoch (dev macro F1 %.4f)", self.best)
 
 
-class _MlflowCurves(TrainerCallback):
-    """Training loss, dev macro F1 and seconds per epoch as MLflow metric histories (learning curves)."""
+class _Curves(TrainerCallback):
+    """Training loss, dev macro F1 and seconds per epoch as metric histories (learning curves) of the
+    open run, whatever records it (``train.tracking.recorder.report``), and as progress lines in the log."""
 
     epoch_started = 0.0
 
@@ -350,15 +351,14 @@ class _MlflowCurves(TrainerCallback):
         self.epoch_started = time.perf_counter()
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        import mlflow
+        from train.tracking.recorder import report
 
         seconds = time.perf_counter() - self.epoch_started
         log.info("epoch %.0f: %.1f s", state.epoch or 0, seconds)
-        if mlflow.active_run() is not None:
-            mlflow.log_metric("train/epoch_seconds", seconds, step=round(state.epoch or 0))
+        report({"train/epoch_seconds": seconds}, step=round(state.epoch or 0))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        import mlflow
+        from train.tracking.recorder import report
 
         logs = logs or {}
         metrics = {}
@@ -372,5 +372,4 @@ class _MlflowCurves(TrainerCallback):
             log.info("epoch %.0f: dev macro F1 %.4f", state.epoch or 0, logs["eval_f1_macro"])
         if "eval_loss" in logs:
             metrics["dev/loss"] = logs["eval_loss"]
-        if metrics and mlflow.active_run() is not None:
-            mlflow.log_metrics(metrics, step=state.global_step)
+        report(metrics, step=state.global_step)

@@ -1,4 +1,4 @@
-"""Cross-validation of one config: an MLflow parent run, a nested run per fold, and a final model.
+"""Cross-validation of one config: a parent run, a nested run per fold, and a final model.
 
 Steps: ``prepare`` (the same checks as ``tagger train``), folds that keep groups together and balance
 every label (``data.folds``), one nested run per fold (fit on the other folds, score the held-out
@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric
 
 from train.config import Config, dump_config
 from train.data.folds import grouped_stratified_folds
@@ -34,12 +30,14 @@ from train.evaluation.metrics import multiclass_metrics, multilabel_metrics
 from train.models.base import TextClassifier
 from train.models.decision import apply_offsets, best_offsets, best_thresholds
 from train.registry import build_model
-from train.tracking import store
-from train.tracking.packaging import log_classifier
+from train.tracking.recorder import Recorder, Run
 from train.training.pipeline import (
     check_trainable,
+    config_params,
     dataset_frame,
+    default_recorder,
     evaluate_all,
+    finish_run,
     prepare,
     run_tags,
     seed_everything,
@@ -155,9 +153,19 @@ def summarize(fold_metrics: list[dict]) -> dict[str, float]:
 
 
 def cross_validate(
-    config: Config, config_path: str | Path | None = None, folds: int | None = None, repeats: int | None = None
+    config: Config,
+    recorder: Recorder | None = None,
+    *,
+    config_path: str | Path | None = None,
+    folds: int | None = None,
+    repeats: int | None = None,
 ) -> str:
-    """Cross-validate ``config``; return the parent run id (which also holds the final model)."""
+    """Cross-validate ``config``; return the parent run id (which also holds the final model).
+
+    ``recorder``: where the runs go (default: MLflow, from the config); ``config_path``: the file the
+    config came from, named in the run's name and tags; ``folds`` and ``repeats``: default ``split.*``.
+    """
+    recorder = default_recorder(config, recorder)
     folds = folds or config.split.folds
     repeats = repeats or config.split.repeats
     seed_everything(config.seed)
@@ -166,85 +174,69 @@ def cross_validate(
         plan = plan_folds(config, prepared.data, prepared.model, folds, repeats)
     data, labels = prepared.data, config.task.labels
 
-    uri = store.setup(config.tracking.uri, config.experiment_name)
-    store.mark_stale_runs()
+    where = recorder.open()
     stem = Path(config_path).stem if config_path else config.model.family
     run_name = f"{stem}-cv{folds}x{repeats}-{time.strftime('%m%d-%H%M%S')}"
-    workdir = Path(tempfile.mkdtemp(prefix="tagger-run-"))
     X = data.inputs
-    try:
-        tags = {**run_tags(config, config_path, prepared, workdir), CV_ROLE_TAG: "parent"}
-        with mlflow.start_run(run_name=run_name, tags=tags) as parent:
-            log.info("MLflow CV run %s (%s) at %s: %d folds x %d", run_name, parent.info.run_id, uri, folds, repeats)
-            mlflow.log_params(store.flatten(config.model_dump(mode="json", exclude={"extends"})))
-            mlflow.log_params({"cv.folds": folds, "cv.repeats": repeats})
-            dataset = mlflow.data.from_pandas(dataset_frame(data), source=str(data.path), name=data.path.name)
-            store.retry_on_conflict(lambda: mlflow.log_input(dataset, context="train"))
-            oof = np.zeros((repeats, len(data), len(labels)))
-            done, children = [], []
-            for r in range(repeats):
-                for k in range(folds):
-                    with step(f"fold {k + 1}/{folds} (repeat {r + 1}/{repeats})"):
-                        children.append(_fold_run(config, plan, r, k, oof))
-                    done.append((r, k))
-            fold_metrics = score_folds(config, plan, oof, done)
-            _log_fold_metrics(children, fold_metrics)
-            summary = summarize(fold_metrics)
-            mlflow.log_metrics({k: v for k, v in summary.items() if np.isfinite(v)})
-            _write_oof(workdir, data, labels, oof.mean(axis=0))
+    tags = {**run_tags(config, config_path, prepared), CV_ROLE_TAG: "parent"}
+    with recorder.run(run_name, tags) as parent:
+        workdir = parent.workdir
+        log.info("%s CV run %s (%s) at %s: %d folds x %d", recorder.name, run_name, parent.id, where, folds, repeats)
+        parent.log_params(config_params(config))
+        parent.log_params({"cv.folds": folds, "cv.repeats": repeats})
+        parent.log_dataset(dataset_frame(data), source=str(data.path), name=data.path.name, context="train")
+        oof = np.zeros((repeats, len(data), len(labels)))
+        done, children = [], []
+        for r in range(repeats):
+            for k in range(folds):
+                with step(f"fold {k + 1}/{folds} (repeat {r + 1}/{repeats})"):
+                    children.append(_fold_run(parent, config, plan, r, k, oof))
+                done.append((r, k))
+        fold_metrics = score_folds(config, plan, oof, done)
+        _log_fold_metrics(recorder, children, fold_metrics)
+        summary = summarize(fold_metrics)
+        parent.log_metrics({k: v for k, v in summary.items() if np.isfinite(v)})
+        _write_oof(workdir, data, labels, oof.mean(axis=0))
 
-            with step(f"final model on all {len(data)} sentences"):
-                final = build_model(config.model.family, config.task.type, labels, config.model.params, config.seed)
-                final.fit(X, data.labels, sample_weight=data.sample_weights(config.data.weights))
-                final.set_decision(oof.mean(axis=0), plan.Y, config.decision.objective, config.decision.tune)
-            seen = {label for value in data.labels for label in (value if isinstance(value, list) else [value])}
-            results = evaluate_all(config, final, list(prepared.eval_sets.items()), seen, workdir)
-            headline = {k: summary.get(f"cv/{k}_mean") for k in ("f1_macro", "f1_micro", "accuracy", "f_avg")}
-            lines = [f"cv {folds}x{repeats}: " + ", ".join(f"{k} {v:.3f}" for k, v in headline.items() if v)]
-            if results:
-                lines.append(score_table(results))
-            log.info("scores of CV run %s:\n%s", parent.info.run_id, "\n".join(lines))
-            mlflow.set_tag("mlflow.note.content", "```\n" + "\n".join(lines) + "\n```")
-            (workdir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-            (workdir / "cv_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-            if config.tracking.log_model:
-                with step("logging model"):
-                    log_classifier(final, X, workdir)
-            if (workdir / "reports").exists():
-                mlflow.log_artifacts(str(workdir / "reports"), "reports")
-            for name in ("config.yaml", "cv_summary.json", "oof_predictions.csv"):
-                mlflow.log_artifact(str(workdir / name))
-            mlflow.set_tags({name: json.dumps(values) for name, values in final.decision_info().items()})
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return parent.info.run_id
+        with step(f"final model on all {len(data)} sentences"):
+            final = build_model(config.model.family, config.task.type, labels, config.model.params, config.seed)
+            final.fit(X, data.labels, sample_weight=data.sample_weights(config.data.weights))
+            final.set_decision(oof.mean(axis=0), plan.Y, config.decision.objective, config.decision.tune)
+        seen = {label for value in data.labels for label in (value if isinstance(value, list) else [value])}
+        results = evaluate_all(parent, config, final, list(prepared.eval_sets.items()), seen, workdir)
+        headline = {k: summary.get(f"cv/{k}_mean") for k in ("f1_macro", "f1_micro", "accuracy", "f_avg")}
+        lines = [f"cv {folds}x{repeats}: " + ", ".join(f"{k} {v:.3f}" for k, v in headline.items() if v)]
+        if results:
+            lines.append(score_table(results))
+        log.info("scores of CV run %s:\n%s", parent.id, "\n".join(lines))
+        parent.set_note("```\n" + "\n".join(lines) + "\n```")
+        (workdir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+        (workdir / "cv_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        finish_run(parent, config, final, X, ("config.yaml", "cv_summary.json", "oof_predictions.csv"))
+    return parent.id
 
 
-def _fold_run(config: Config, plan: FoldPlan, r: int, k: int, oof: np.ndarray) -> str:
+def _fold_run(parent: Run, config: Config, plan: FoldPlan, r: int, k: int, oof: np.ndarray) -> str:
     """``fit_fold`` in a nested run; the held-out fold's scores go into ``oof``."""
     tags = {
         CV_ROLE_TAG: "fold",
         "tagger.cv_fold": f"{r}.{k}",
         "task": config.task.name,
         "model_family": config.model.family,
-        **store.process_tags(),  # so a fold left RUNNING by kill -9 is marked KILLED like its parent
-    }
-    with mlflow.start_run(run_name=f"fold {r}.{k}", nested=True, tags=tags) as child:
+    }  # the recorder adds the process's tags: a fold left RUNNING by kill -9 is marked KILLED like its parent
+    with parent.child(f"fold {r}.{k}", tags) as child:
         held = plan.held_out(r, k)
         oof[r, held], seconds = fit_fold(config, plan, r, k)
-        mlflow.log_metrics(
-            {"train_seconds": seconds, "train_size": int((~held).sum()), "validation_size": int(held.sum())}
-        )
-    return child.info.run_id
+        sizes = {"train_size": int((~held).sum()), "validation_size": int(held.sum())}
+        child.log_metrics({"train_seconds": seconds, **sizes})
+    return child.id
 
 
-def _log_fold_metrics(children: list[str], fold_metrics: list[dict]) -> None:
-    """Each fold's held-out metrics, as ``validation/<metric>`` on its nested run."""
-    client = mlflow.MlflowClient()
+def _log_fold_metrics(recorder: Recorder, children: list[str], fold_metrics: list[dict]) -> None:
+    """Each fold's held-out metrics, as ``validation/<metric>`` on its (ended) nested run."""
     for run_id, metrics in zip(children, fold_metrics, strict=True):
-        stamp = int(time.time() * 1000)
-        values = [Metric(f"validation/{name}", float(v), stamp, 0) for name, v in metrics.items() if np.isfinite(v)]
-        client.log_batch(run_id, metrics=values)
+        child = recorder.attach(run_id)
+        child.log_metrics({f"validation/{name}": float(v) for name, v in metrics.items() if np.isfinite(v)})
 
 
 def _write_oof(workdir: Path, data: LabelledData, labels: list[str], proba: np.ndarray) -> None:

@@ -1,19 +1,16 @@
-"""One experiment, end to end: config → checked data → model → evaluation → MLflow run."""
+"""One experiment, end to end: config → checked data → model → evaluation → a tracked run (``Recorder``)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import random
-import shutil
-import tempfile
 import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 
@@ -26,7 +23,7 @@ from train.evaluation.evaluate import EvalResult, evaluate, score_table
 from train.models.base import TextClassifier
 from train.registry import build_model
 from train.tracking import store
-from train.tracking.packaging import log_classifier
+from train.tracking.recorder import Recorder, Run
 
 log = logging.getLogger("tagger")
 
@@ -140,12 +137,24 @@ def check_trainable(config: Config, train_part: LabelledData, model: TextClassif
         raise TaggerError(f"{where}: {exc}") from None
 
 
-def train(config: Config, config_path: str | Path | None = None) -> str:
-    """Train and evaluate one config; return the MLflow run id.
+def default_recorder(config: Config, recorder: Recorder | None) -> Recorder:
+    """``recorder``, else the MLflow recorder of the config's ``tracking`` settings."""
+    if recorder is not None:
+        return recorder
+    from train.tracking.mlflow_recorder import MlflowRecorder
+
+    return MlflowRecorder.for_config(config)
+
+
+def train(config: Config, recorder: Recorder | None = None, *, config_path: str | Path | None = None) -> str:
+    """Train and evaluate one config; return the run id.
 
     Steps: ``prepare`` (data, split, model; all checks), open the run and log inputs, fit and tune
     thresholds, evaluate on dev and every evaluation set, log the model and the reports.
+    ``recorder``: where the run goes (default: MLflow, from the config); ``config_path``: the file
+    the config came from, named in the run's name and tags.
     """
+    recorder = default_recorder(config, recorder)
     seed_everything(config.seed)
     with step("loading and checking data"):
         prepared = prepare(config)
@@ -158,61 +167,65 @@ def train(config: Config, config_path: str | Path | None = None) -> str:
     )
     train_labels = {lab for v in train_part.labels for lab in (v if isinstance(v, list) else [v])}
 
-    uri = store.setup(config.tracking.uri, config.experiment_name)
-    store.mark_stale_runs()
+    where = recorder.open()
     stem = Path(config_path).stem if config_path else config.model.family
     run_name = config.tracking.run_name or f"{stem}-{time.strftime('%m%d-%H%M%S')}"
-    workdir = Path(tempfile.mkdtemp(prefix="tagger-run-"))
-    try:
-        with mlflow.start_run(run_name=run_name, tags=run_tags(config, config_path, prepared, workdir)) as run:
-            log.info(
-                "MLflow run %s (%s) in experiment '%s' at %s", run_name, run.info.run_id, config.experiment_name, uri
+    with recorder.run(run_name, run_tags(config, config_path, prepared)) as run:
+        workdir = run.workdir
+        log.info(
+            "%s run %s (%s) in experiment '%s' at %s", recorder.name, run_name, run.id, config.experiment_name, where
+        )
+        log_inputs(run, config, prepared)
+        model = prepared.model
+        with step(f"training {config.model.family}"):
+            start = time.perf_counter()
+            model.fit(
+                train_part.inputs,
+                train_part.labels,
+                dev_part.inputs,
+                dev_part.labels,
+                sample_weight=train_part.sample_weights(config.data.weights),
             )
-            log_inputs(config, prepared)
-            model = prepared.model
-            with step(f"training {config.model.family}"):
-                start = time.perf_counter()
-                model.fit(
-                    train_part.inputs,
-                    train_part.labels,
-                    dev_part.inputs,
-                    dev_part.labels,
-                    sample_weight=train_part.sample_weights(config.data.weights),
-                )
-                model.set_decision(
-                    model.predict_proba(dev_part.inputs),
-                    model.encode(dev_part.labels),
-                    config.decision.objective,
-                    config.decision.tune,
-                )
-                mlflow.log_metric("train_seconds", time.perf_counter() - start)
-                mlflow.log_metrics(model.model_info())
-            if len(model.backends) > 1:
-                check_parity(model, [dev_part, *eval_sets.values()])
-            with step("evaluating"):
-                corpora = [(f"dev_{n}", dev_part.subset(dev_part.frame["corpus"] == n)) for n in dev_part.corpora]
-                parts = [("dev", dev_part), *[c for c in corpora if len(c[1])], *eval_sets.items()]
-                results = evaluate_all(config, model, parts, train_labels, workdir)
-            confidence = f"{config.evaluation.confidence:.0%} bootstrap intervals"
-            table = score_table(results)
-            log.info("scores of run %s (%s):\n%s", run.info.run_id, confidence, table)
-            # the run's description in the MLflow UI: the headline scores, readable without picking columns
-            mlflow.set_tag("mlflow.note.content", f"{config.model.family} ({confidence})\n\n```\n{table}\n```")
-            write_run_files(config, run, run_name, prepared, results, workdir)
-            if config.tracking.log_model:
-                with step("logging model"):
-                    log_classifier(model, train_part.inputs, workdir)
-            # artifacts go up together at the end: a failed run leaves no partial reports
-            mlflow.log_artifacts(str(workdir / "reports"), "reports")
-            for name in ("summary.json", "config.yaml", "environment.json"):
-                mlflow.log_artifact(str(workdir / name))
-            mlflow.set_tags({name: json.dumps(values) for name, values in model.decision_info().items()})
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return run.info.run_id
+            model.set_decision(
+                model.predict_proba(dev_part.inputs),
+                model.encode(dev_part.labels),
+                config.decision.objective,
+                config.decision.tune,
+            )
+            run.log_metrics({"train_seconds": time.perf_counter() - start})
+            run.log_metrics(model.model_info())
+        if len(model.backends) > 1:
+            check_parity(run, model, [dev_part, *eval_sets.values()])
+        with step("evaluating"):
+            corpora = [(f"dev_{n}", dev_part.subset(dev_part.frame["corpus"] == n)) for n in dev_part.corpora]
+            parts = [("dev", dev_part), *[c for c in corpora if len(c[1])], *eval_sets.items()]
+            results = evaluate_all(run, config, model, parts, train_labels, workdir)
+        confidence = f"{config.evaluation.confidence:.0%} bootstrap intervals"
+        table = score_table(results)
+        log.info("scores of run %s (%s):\n%s", run.id, confidence, table)
+        # the run's description in the tracking UI: the headline scores, readable without picking columns
+        run.set_note(f"{config.model.family} ({confidence})\n\n```\n{table}\n```")
+        write_run_files(config, run, run_name, prepared, results, workdir)
+        finish_run(run, config, model, train_part.inputs, ("summary.json", "config.yaml", "environment.json"))
+    return run.id
 
 
-def check_parity(model: TextClassifier, parts: list[LabelledData]) -> None:
+def finish_run(run: Run, config: Config, model: TextClassifier, example: pd.DataFrame, files: tuple[str, ...]) -> None:
+    """The end of a run that made a model (train, and the final model of cv): the model (unless
+    ``tracking.log_model`` is off), the reports and ``files`` from the run's work folder, the decision tags.
+    Artifacts go up together at the end: a failed run leaves no partial reports."""
+    workdir = run.workdir
+    if config.tracking.log_model:
+        with step("logging model"):
+            run.log_model(model, example, workdir)
+    if (workdir / "reports").exists():
+        run.log_artifact(workdir / "reports", "reports")
+    for name in files:
+        run.log_artifact(workdir / name)
+    run.set_tags({name: json.dumps(values) for name, values in model.decision_info().items()})
+
+
+def check_parity(run: Run, model: TextClassifier, parts: list[LabelledData]) -> None:
     """Each inference backend against the reference one on the held-out sentences (dev and the
     evaluation sets): label agreement, score differences and speed, logged as ``parity/<backend>/*``
     and kept with the model (``--backend auto`` and the refusal below 99% read them)."""
@@ -222,7 +235,7 @@ def check_parity(model: TextClassifier, parts: list[LabelledData]) -> None:
     with step(f"checking backend parity on {len(frame)} held-out sentences"):
         measured = model.measure_parity(frame)
     for backend, figures in measured.items():
-        mlflow.log_metrics({f"parity/{backend}/{name}": value for name, value in figures.items()})
+        run.log_metrics({f"parity/{backend}/{name}": value for name, value in figures.items()})
         log.info(
             "backend %s: %.1f%% same labels, max score difference %.4f, %.0f sentences/s",
             backend,
@@ -232,8 +245,9 @@ def check_parity(model: TextClassifier, parts: list[LabelledData]) -> None:
         )
 
 
-def run_tags(config: Config, config_path, prepared: Prepared, workdir: Path) -> dict[str, str]:
-    """Provenance tags: task, family, git commit, dataset hashes, library versions, the owning process."""
+def run_tags(config: Config, config_path, prepared: Prepared) -> dict[str, str]:
+    """Provenance tags: task, family, git commit, dataset hashes, library versions (the recorder adds
+    the owning process's)."""
     commit, dirty = store.git_commit()
     return {
         "task": config.task.name,
@@ -241,7 +255,6 @@ def run_tags(config: Config, config_path, prepared: Prepared, workdir: Path) -> 
         "model_family": config.model.family,
         "git_commit": commit,
         "git_dirty": str(dirty),
-        "mlflow.source.git.commit": commit,
         "config_file": str(config_path or ""),
         **(
             {f"dataset_sha256.{path.name}": sha for path, sha in prepared.data.files.values()}
@@ -250,27 +263,34 @@ def run_tags(config: Config, config_path, prepared: Prepared, workdir: Path) -> 
         ),
         **{f"dataset_sha256.{name}": d.sha256 for name, d in prepared.eval_sets.items()},
         **{f"version.{k}": v for k, v in store.library_versions().items()},
-        **store.process_tags(workdir),
     }
 
 
-def log_inputs(config: Config, prepared: Prepared) -> None:
-    """The resolved config as params, and the train, dev and evaluation data through ``mlflow.data``."""
+def config_params(config: Config) -> dict[str, str]:
+    """The resolved config as flat ``a.b.c`` params."""
+    return store.flatten(config.model_dump(mode="json", exclude={"extends"}))
+
+
+def log_inputs(run: Run, config: Config, prepared: Prepared) -> None:
+    """The resolved config as params, and the train, dev and evaluation data as the run's datasets."""
     data = prepared.data
-    mlflow.log_params(store.flatten(config.model_dump(mode="json", exclude={"extends"})))
+    run.log_params(config_params(config))
     inputs = [
         (prepared.train_part, str(data.path), f"{data.path.name}:train", "train"),
         (prepared.dev_part, str(data.path), f"{data.path.name}:dev", "dev"),
         *[(d, str(d.path), name, "eval") for name, d in prepared.eval_sets.items()],
     ]
     for part, source, name, context in inputs:
-        dataset = mlflow.data.from_pandas(dataset_frame(part), source=source, name=name)
-        # runs started together may log the same new dataset at once; the loser retries and reuses it
-        store.retry_on_conflict(lambda dataset=dataset, context=context: mlflow.log_input(dataset, context=context))
+        run.log_dataset(dataset_frame(part), source=source, name=name, context=context)
 
 
 def evaluate_all(
-    config: Config, model: TextClassifier, parts: list[tuple[str, LabelledData]], train_labels: set, workdir: Path
+    run: Run,
+    config: Config,
+    model: TextClassifier,
+    parts: list[tuple[str, LabelledData]],
+    train_labels: set,
+    workdir: Path,
 ) -> list[EvalResult]:
     """Evaluate on each named part, log ``<part>/<metric>`` and write its reports under ``workdir``."""
     results = []
@@ -287,18 +307,18 @@ def evaluate_all(
         for warning in result.warnings:
             log.warning(warning)
         results.append(result)
-        mlflow.log_metrics({f"{name}/{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
+        run.log_metrics({f"{name}/{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
         result.write(workdir / "reports")
     return results
 
 
 def write_run_files(
-    config: Config, run, run_name: str, prepared: Prepared, results: list[EvalResult], workdir: Path
+    config: Config, run: Run, run_name: str, prepared: Prepared, results: list[EvalResult], workdir: Path
 ) -> None:
     """``summary.json``, the resolved ``config.yaml`` and ``environment.json``, logged with the run."""
     model = prepared.model
     summary = {
-        "run_id": run.info.run_id,
+        "run_id": run.id,
         "run_name": run_name,
         "task": config.task.name,
         "family": config.model.family,

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from train.config import Config, apply_overrides, format_validation_error, load_raw, validate
+from train.config import Config, apply_overrides, format_validation_error, resolve_paths, validate
 from train.errors import TaggerError
 
 SWEEPABLE = ("model.", "decision.")  # a trial changes the model, never its data, folds or evaluation
@@ -159,9 +159,20 @@ def trial_overrides(values: dict[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
-def check_space(space: Space, config_path: str | Path, overrides: list[str], space_path: str | Path) -> None:
+def config_values(config: Config) -> dict:
+    """The resolved config as plain values (JSON types): what a trial's values are set on, and what
+    crosses to a sweep's worker processes."""
+    return config.model_dump(mode="json", exclude={"extends"})
+
+
+def config_with(values: dict, overrides: list[str], source: str = "config") -> Config:
+    """``values`` (from ``config_values``) with ``--set``-style ``overrides``, validated."""
+    return resolve_paths(validate(apply_overrides(values, overrides), source=source), Path.cwd())
+
+
+def check_space(space: Space, config: Config, space_path: str | Path) -> None:
     """Try every key's bounds and choices on the config; the first value the config refuses is an error."""
-    base = apply_overrides(load_raw(Path(config_path)), overrides)
+    base = config_values(config)
     for key, dist in space.params.items():
         if not key.startswith(SWEEPABLE):
             raise TaggerError(

@@ -3,7 +3,8 @@
 Steps: check the config, the space and the objective, and load and fold the data (every user error
 surfaces here, before a study or run exists); open or resume the study in Optuna's RDB storage
 (SQLite beside ``mlflow.db`` by default, any RDB URL such as PostgreSQL for several machines); open
-the sweep's parent MLflow run; run ``jobs`` worker processes; then log the best value, the best
+the sweep's parent run (through the ``Recorder``); run ``jobs`` worker processes (each gets the
+resolved config as plain values, never the file again); then log the best value, the best
 params, ``trials.csv`` and Optuna's plots on the parent and write ``best.yaml``.
 
 A trial is exactly the cross-validation ``tagger cv`` runs (same folds, decisions tuned on the other
@@ -33,20 +34,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import optuna
 import yaml
 from optuna.trial import TrialState
 
-from train.config import PROJECT_ROOT, apply_overrides, dump_config, load_config, name_problem
+from train.config import PROJECT_ROOT, Config, apply_overrides, dump_config, name_problem
 from train.errors import TaggerError
 from train.inputs import check_writable_folder
 from train.registry import build_model
 from train.tracking import store
+from train.tracking.recorder import FAILED, FINISHED, Recorder, Run
 from train.training.cv import FoldPlan, fit_fold, plan_folds, score_folds, summarize
-from train.training.pipeline import check_trainable, prepare, run_tags, seed_everything, step
-from train.training.space import Space, check_space, load_space, resolve_objective, trial_overrides
+from train.training.pipeline import (
+    check_trainable,
+    config_params,
+    default_recorder,
+    prepare,
+    run_tags,
+    seed_everything,
+    step,
+)
+from train.training.space import (
+    Space,
+    check_space,
+    config_values,
+    config_with,
+    load_space,
+    resolve_objective,
+    trial_overrides,
+)
 
 log = logging.getLogger("tagger")
 
@@ -58,10 +75,25 @@ MAX_FAILURES_IN_A_ROW = 3  # a worker stops when its trials keep failing (a brok
 
 
 @dataclass(frozen=True)
-class SweepSpec:
-    """What every worker needs; plain values, so it crosses to spawned processes."""
+class SweepOptions:
+    """How to sweep: the space file, the study's size and where it lives, and where best.yaml goes."""
 
-    config_path: str
+    space: str | Path  # the search space (YAML)
+    trials: int  # the size of the study (a resumed study grows to it)
+    jobs: int = 1  # worker processes
+    storage: str | None = None  # Optuna RDB URL (default: optuna.db beside the MLflow store)
+    study: str | None = None  # the study's name; the same name resumes it (default: <task>-<config stem>)
+    objective: str | None = None  # the CV metric to optimise (default: the space's, else cv/f1_macro_mean)
+    out: str | Path | None = None  # folder for best.yaml (default: sweeps/<study>)
+    overrides: tuple[str, ...] = ()  # the --set values the config was loaded with, repeated in best.yaml
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What every worker needs; plain values (and a picklable recorder), so it crosses to spawned processes."""
+
+    config: dict  # the resolved config as plain values (``config_values``): workers never read the file
+    config_path: str | None  # the file it came from (best.yaml extends it), if any
     overrides: tuple[str, ...]
     space_path: str
     trials: int
@@ -71,7 +103,7 @@ class SweepSpec:
     direction: str
     folds: int
     repeats: int
-    tracking_uri: str
+    recorder: Recorder
     parent_run_id: str
 
 
@@ -138,25 +170,23 @@ storage_lock = store.storage_lock  # moved to train.tracking.store (promote shar
 
 
 def sweep(
-    config_path: str,
-    space_path: str,
-    trials: int,
-    jobs: int = 1,
-    storage: str | None = None,
-    study_name: str | None = None,
-    objective: str | None = None,
-    out: str | Path | None = None,
-    overrides: tuple[str, ...] = (),
+    config: Config, recorder: Recorder | None = None, *, config_path: str | Path | None = None, options: SweepOptions
 ) -> SweepResult:
-    """Run (or resume) a sweep until the study has ``trials`` trials; return its best."""
-    config = load_config(config_path, list(overrides))
+    """Run (or resume) a sweep of ``config`` until the study has ``options.trials`` trials; return its best.
+
+    ``recorder``: where the runs go (default: MLflow, from the config); ``config_path``: the file the
+    config came from (the default study name, and ``extends:`` in best.yaml).
+    """
+    recorder = default_recorder(config, recorder)
+    space_path = options.space
     space = load_space(space_path)
-    check_space(space, config_path, list(overrides), space_path)
-    objective, direction = resolve_objective(config, space, objective)
-    study_name = check_study_name(f"{config.task.name}-{Path(config_path).stem}" if study_name is None else study_name)
-    storage_url = storage or default_storage()
+    check_space(space, config, space_path)
+    objective, direction = resolve_objective(config, space, options.objective)
+    stem = Path(config_path).stem if config_path else config.model.family
+    study_name = check_study_name(f"{config.task.name}-{stem}" if options.study is None else options.study)
+    storage_url = options.storage or default_storage()
     check_storage(storage_url)
-    out = Path(out) if out else sweep_folder(study_name)
+    out = Path(options.out) if options.out else sweep_folder(study_name)
     check_writable_folder(str(out), "--out")
     seed_everything(config.seed)
     with step("loading and checking data"):
@@ -165,37 +195,42 @@ def sweep(
 
     with storage_lock(storage_url, "study"):  # sweeps starting one study at once share it and one parent run
         study = _open_study(storage_url, study_name, space, objective, direction, config.task.name)
-        tracking_uri = store.setup(config.tracking.uri, config.experiment_name)
-        store.mark_stale_runs()
-        parent_run_id = _parent_run(study, config, config_path, prepared, space_path, objective, direction)
+        recorder.open()
+        parent = _parent_run(recorder, study, config, config_path, prepared, space_path, objective, direction)
     spec = SweepSpec(
-        str(Path(config_path).resolve()),
-        tuple(overrides),
+        config_values(config),
+        str(Path(config_path).resolve()) if config_path else None,
+        tuple(options.overrides),
         str(Path(space_path).resolve()),
-        trials,
+        options.trials,
         storage_url,
         study_name,
         objective,
         direction,
         config.split.folds,
         config.split.repeats,
-        tracking_uri,
-        parent_run_id,
+        recorder,
+        parent.id,
     )
     log.info(
-        "sweep '%s': %d trials of %d-fold CV, %s %s, %d worker(s); storage %s; MLflow run %s",
+        "sweep '%s': %d trials of %d-fold CV, %s %s, %d worker(s); storage %s; %s run %s",
         study_name,
-        trials,
+        options.trials,
         spec.folds,
         direction,
         objective,
-        jobs,
+        options.jobs,
         store.redact(storage_url),
-        parent_run_id,
+        recorder.name,
+        parent.id,
     )
-    _run_workers(spec, jobs)
-    with storage_lock(storage_url, "finish"):  # sweeps of one study finishing at once update one parent run
-        return finish(spec, space, out)
+    try:
+        _run_workers(spec, options.jobs)
+        with storage_lock(storage_url, "finish"):  # sweeps of one study finishing at once update one parent run
+            return finish(spec, space, out, parent)
+    finally:
+        if parent.workdir is not None:
+            shutil.rmtree(parent.workdir, ignore_errors=True)
 
 
 def check_study_name(name: str) -> str:
@@ -261,43 +296,35 @@ def _open_study(url: str, name: str, space: Space, objective: str, direction: st
     return study
 
 
-def _parent_run(study: optuna.Study, config, config_path, prepared, space_path, objective, direction) -> str:
-    """The study's parent MLflow run: reused when the study is resumed, else created (with config and space)."""
-    client = mlflow.MlflowClient()
+def _parent_run(
+    recorder: Recorder, study: optuna.Study, config, config_path, prepared, space_path, objective, direction
+) -> Run:
+    """The study's parent run: resumed when the study is resumed, else started (with config and space).
+
+    It outlives this process's part of the sweep (workers of other sweeps log trials under it), so it
+    is ended by ``finish``, not by a ``with`` block.
+    """
     run_id = study.user_attrs.get("mlflow_run_id")  # read from the storage: another process may have set it
-    workdir = Path(tempfile.mkdtemp(prefix="tagger-run-"))
     if run_id:
-        try:
-            client.get_run(run_id)
-        except mlflow.exceptions.MlflowException:
-            run_id = None  # the study outlived its runs (another tracking store): start a new parent
-    if run_id:
-        client.update_run(run_id, status="RUNNING")
-        for key, value in store.process_tags(workdir).items():
-            client.set_tag(run_id, key, value)
-        shutil.rmtree(workdir, ignore_errors=True)
-        return run_id
-    experiment = mlflow.get_experiment_by_name(config.experiment_name)
+        run = recorder.resume(run_id)
+        if run is not None:
+            return run
+        # the study outlived its runs (another tracking store): start a new parent
     tags = {
-        **run_tags(config, config_path, prepared, workdir),
+        **run_tags(config, config_path, prepared),
         SWEEP_ROLE_TAG: "parent",
         "optuna.study": study.study_name,
-        "mlflow.runName": f"sweep {study.study_name}",
     }
-    run = client.create_run(experiment.experiment_id, tags=tags)
-    run_id = run.info.run_id
-    params = store.flatten(config.model_dump(mode="json", exclude={"extends"}))
+    run = recorder.start(f"sweep {study.study_name}", tags)
+    params = config_params(config)
     params.update({"sweep.objective": objective, "sweep.direction": direction, "sweep.space": str(space_path)})
-    client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
-    try:
-        (workdir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-        shutil.copyfile(space_path, workdir / "space.yaml")
-        client.log_artifact(run_id, str(workdir / "config.yaml"))
-        client.log_artifact(run_id, str(workdir / "space.yaml"))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    study.set_user_attr("mlflow_run_id", run_id)
-    return run_id
+    run.log_params(params)
+    (run.workdir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+    shutil.copyfile(space_path, run.workdir / "space.yaml")
+    run.log_artifact(run.workdir / "config.yaml")
+    run.log_artifact(run.workdir / "space.yaml")
+    study.set_user_attr("mlflow_run_id", run.id)
+    return run
 
 
 # --- workers ----------------------------------------------------------------------------------------
@@ -364,8 +391,8 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
 def run_worker(spec: SweepSpec, index: int) -> None:
     """Run trials of the study until it holds ``spec.trials`` counting trials."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our one warning line, not a traceback
-    config = load_config(spec.config_path, list(spec.overrides))
-    store.setup(spec.tracking_uri, config.experiment_name)
+    config = config_with(spec.config, [])
+    spec.recorder.open()
     storage = open_storage(spec.storage)
     study = optuna.load_study(study_name=spec.study, storage=storage)
     fail_dead_trials(study)
@@ -389,7 +416,7 @@ class Surplus(Exception):
 
 
 class TrialObjective:
-    """One trial: the config with the trial's values, cross-validated in a nested MLflow run."""
+    """One trial: the config with the trial's values, cross-validated in a run nested under the sweep's."""
 
     def __init__(self, spec: SweepSpec, space: Space):
         self.spec = spec
@@ -434,34 +461,33 @@ class TrialObjective:
 
     def _cross_validate(self, trial: optuna.Trial, values: dict[str, Any]) -> float:
         spec = self.spec
-        config = load_config(spec.config_path, [*spec.overrides, *trial_overrides(values), "evaluation.sets=[]"])
+        source = f"trial {trial.number} ({json.dumps(values)})"
+        config = config_with(spec.config, [*trial_overrides(values), "evaluation.sets=[]"], source)
         plan = self._plan(config)
         tags = {
-            "mlflow.parentRunId": spec.parent_run_id,
             SWEEP_ROLE_TAG: "trial",
             "optuna.study": spec.study,
             "optuna.trial": str(trial.number),
             "task": config.task.name,
             "model_family": config.model.family,
-            **store.process_tags(),
         }
         folds = [(r, k) for r in range(plan.repeats) for k in range(plan.folds)]
         oof = np.zeros((plan.repeats, len(plan.data), len(config.task.labels)))
         pruned = False
-        with mlflow.start_run(run_name=f"trial {trial.number}", tags=tags):
-            mlflow.log_params(store.flatten(config.model_dump(mode="json", exclude={"extends"})))
+        with spec.recorder.run(f"trial {trial.number}", tags, parent=spec.parent_run_id) as run:
+            run.log_params(config_params(config))
             for index, (r, k) in enumerate(folds):
                 oof[r, plan.held_out(r, k)], _ = fit_fold(config, plan, r, k)
                 summary = summarize(score_folds(config, plan, oof, folds[: index + 1]))  # all folds: the CV
                 running = summary[spec.objective]
-                mlflow.log_metric(f"running/{spec.objective.removeprefix('cv/')}", running, step=index)
+                run.log_metrics({f"running/{spec.objective.removeprefix('cv/')}": running}, step=index)
                 trial.report(running, index)
                 if index < len(folds) - 1 and trial.should_prune():
                     pruned = True
                     break
-            mlflow.set_tag("optuna.state", "PRUNED" if pruned else "COMPLETE")
+            run.set_tags({"optuna.state": "PRUNED" if pruned else "COMPLETE"})
             if not pruned:
-                mlflow.log_metrics({k: v for k, v in summary.items() if np.isfinite(v)})
+                run.log_metrics({k: v for k, v in summary.items() if np.isfinite(v)})
         if pruned:
             log.info("trial %d pruned after fold %d: %.4f (%s)", trial.number, index + 1, running, json.dumps(values))
             raise optuna.TrialPruned()
@@ -473,48 +499,46 @@ class TrialObjective:
 # --- the end of a sweep -----------------------------------------------------------------------------
 
 
-def finish(spec: SweepSpec, space: Space, out: str | Path | None = None) -> SweepResult:
-    """Log the study's state on the parent run (best value and params, counts, trials.csv, plots); write best.yaml."""
+def finish(spec: SweepSpec, space: Space, out: str | Path | None = None, run: Run | None = None) -> SweepResult:
+    """Log the study's state on the parent run (best value and params, counts, trials.csv, plots); write best.yaml.
+
+    ``run``: this process's handle on the parent run (from ``_parent_run``); else it is looked up by id.
+    """
     study = optuna.load_study(study_name=spec.study, storage=open_storage(spec.storage))
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
     result = SweepResult(spec.parent_run_id, spec.study, spec.storage, counts)
-    client = mlflow.MlflowClient()
-    run_id = spec.parent_run_id
+    run = run or spec.recorder.attach(spec.parent_run_id)
+    if run is None:
+        raise TaggerError(f"sweep '{spec.study}': its run {spec.parent_run_id} is gone from the tracking store")
     metrics = {f"trials_{state}": float(n) for state, n in counts.items()}
-    workdir = Path(tempfile.mkdtemp(prefix="tagger-run-"))
+    workdir = run.workdir or Path(tempfile.mkdtemp(prefix="tagger-run-"))
     try:
         if not counts["complete"] and not counts["pruned"]:
             errors = [t.user_attrs[ERROR_ATTR] for t in trials if ERROR_ATTR in t.user_attrs]
             if errors:
-                client.set_tag(run_id, "mlflow.note.content", f"every trial failed; the first: {errors[0]}")
-                client.set_terminated(run_id, "FAILED")
+                run.set_note(f"every trial failed; the first: {errors[0]}")
+                run.end(FAILED)
                 raise TaggerError(f"sweep '{spec.study}': all {len(errors)} trials failed; the first: {errors[0]}")
         if counts["complete"]:
             best = study.best_trial
             result.best_trial, result.best_value = best.number, float(best.value)
             result.best_params = {key: json.loads(_as_json(best.params[key], space, key)) for key in space.params}
             metrics["best_value"] = result.best_value
-            client.set_tag(run_id, "best.trial", str(best.number))
-            for key, value in result.best_params.items():
-                client.set_tag(run_id, f"best.{key}", json.dumps(value))
+            run.set_tags({"best.trial": str(best.number)})
+            run.set_tags({f"best.{key}": json.dumps(value) for key, value in result.best_params.items()})
             folder = Path(out) if out else sweep_folder(spec.study)
             result.best_config = write_best_config(spec, result, folder)
             shutil.copyfile(result.best_config, workdir / "best.yaml")
-            client.log_artifact(run_id, str(workdir / "best.yaml"))
+            run.log_artifact(workdir / "best.yaml")
             _plots(study, workdir / "plots")
             if (workdir / "plots").exists():
-                client.log_artifacts(run_id, str(workdir / "plots"), "plots")
+                run.log_artifact(workdir / "plots", "plots")
         study.trials_dataframe().to_csv(workdir / "trials.csv", index=False)
-        client.log_artifact(run_id, str(workdir / "trials.csv"))
-        client.log_batch(
-            run_id,
-            metrics=[
-                mlflow.entities.Metric(k, v, int(time.time() * 1000), counts["complete"]) for k, v in metrics.items()
-            ],
-        )
-        client.set_tag(run_id, "mlflow.note.content", "```\n" + result.describe() + "\n```")
-        client.set_terminated(run_id, "FINISHED")
+        run.log_artifact(workdir / "trials.csv")
+        run.log_metrics(metrics, step=counts["complete"])
+        run.set_note("```\n" + result.describe() + "\n```")
+        run.end(FINISHED)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
@@ -528,18 +552,23 @@ def _as_json(value: Any, space: Space, key: str) -> str:
 
 
 def write_best_config(spec: SweepSpec, result: SweepResult, folder: Path) -> Path:
-    """``best.yaml``: ``extends:`` the swept config, plus the ``--set`` values and the best values."""
+    """``best.yaml``: ``extends:`` the swept config, plus the ``--set`` values and the best values
+    (a sweep of a config that came from no file: the whole resolved config with the best values)."""
     folder.mkdir(parents=True, exist_ok=True)
-    config_path = Path(spec.config_path)
-    inside = config_path.is_relative_to(PROJECT_ROOT) and folder.resolve().is_relative_to(PROJECT_ROOT)
-    parent = os.path.relpath(config_path, folder.resolve()) if inside else str(config_path)
-    values = apply_overrides({}, [*spec.overrides, *trial_overrides(result.best_params)])
+    if spec.config_path is None:
+        base = apply_overrides(spec.config, trial_overrides(result.best_params))
+    else:
+        config_path = Path(spec.config_path)
+        inside = config_path.is_relative_to(PROJECT_ROOT) and folder.resolve().is_relative_to(PROJECT_ROOT)
+        parent = os.path.relpath(config_path, folder.resolve()) if inside else str(config_path)
+        base = {"extends": parent, **apply_overrides({}, [*spec.overrides, *trial_overrides(result.best_params)])}
     header = (
         f"# Best of sweep '{spec.study}' (trial {result.best_trial}: {spec.objective} {result.best_value:.4f}),\n"
-        f"# written by tagger sweep; MLflow run {spec.parent_run_id}. Reproduce with: tagger cv <this file>\n"
+        f"# written by tagger sweep; {spec.recorder.name} run {spec.parent_run_id}. "
+        "Reproduce with: tagger cv <this file>\n"
     )
     path = folder / "best.yaml"
-    text = header + yaml.safe_dump({"extends": parent, **values}, sort_keys=False, allow_unicode=True)
+    text = header + yaml.safe_dump(base, sort_keys=False, allow_unicode=True)
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)  # a reader never sees half a file
