@@ -6,6 +6,7 @@ TAGGER := $(VENV)/bin/tagger
 STAMP := $(VENV)/.installed-stamp
 SPARK_STAMP := $(VENV)/.spark-stamp
 MPNET_STAMP := $(VENV)/.mpnet-stamp
+DOCS_STAMP := $(VENV)/.docs-stamp
 DEMO_CONFIGS := configs/topic/tfidf_logreg.yaml configs/topic/tfidf_svm.yaml \
                 configs/stance/tfidf_logreg.yaml configs/stance/tfidf_svm.yaml
 FULL_CONFIGS := $(DEMO_CONFIGS) configs/topic/minilm_embed_logreg.yaml configs/stance/minilm_embed_logreg.yaml \
@@ -22,6 +23,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
 .PHONY: install install-spark install-mpnet browser services demo demo-full test lint bench bench-reliability ui clean-store \
+        docs \
         labelstudio labelstudio-server test-labelstudio \
         tracking-server tracking-server-stop tracking-server-clean
 
@@ -50,6 +52,15 @@ $(MPNET_STAMP): $(STAMP) requirements-mpnet.txt
 	touch $(MPNET_STAMP)
 
 install-mpnet: $(MPNET_STAMP)
+
+# The documentation site (MkDocs + Material) into site/: offline (no web fonts), warnings are errors, internal
+# links and anchors checked; the CLI reference and the reference and benchmark tables are generated (docs/hooks/)
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # Label Studio (about 1 GB, 159 packages) for tests/test_labelstudio_server.py and `make labelstudio-server`.
 # Its database schema is migrated once into $(LS_VENV)/template (about 2 minutes here), so a test's server,
@@ -110,7 +121,7 @@ services:
 		else echo "not root: not installed:$$missing (their tests will be skipped)"; fi; \
 	fi
 
-test: $(STAMP) $(SPARK_STAMP) browser services
+test: $(STAMP) $(SPARK_STAMP) browser services docs
 	$(VENV)/bin/ruff check train tests bench scripts
 	$(PY) -m pytest -q --durations=15
 

@@ -1,4 +1,4 @@
-"""Every registered family keeps the family contract; the README's recipe for a new family works as written."""
+"""Every registered family keeps the family contract; the docs' recipe for a new family works as written."""
 
 import re
 import sys
@@ -56,9 +56,9 @@ def test_every_family_in_the_package_is_in_the_catalog():
 
 @pytest.fixture
 def readme_family(tmp_path, monkeypatch):
-    """The README's example family, saved as a module of its own and imported, as a user would."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Adding a model family") :]
+    """The docs' example family (docs/families.md), saved as a module of its own and imported, as a user would."""
+    page = (ROOT / "docs" / "families.md").read_text(encoding="utf-8")
+    section = page[page.index("## Writing a family") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     (tmp_path / "my_families.py").write_text(code, encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))

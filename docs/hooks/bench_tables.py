@@ -1,0 +1,98 @@
+"""MkDocs hook: benchmark tables generated from ``bench/*.json`` at build time, never copied by hand.
+
+``<!-- bench: NAME -->`` in a page becomes the table of ``bench/NAME.json``: a renderer of its own
+where the bench has one (the learning curves), else the JSON's ``goals`` (goal, measured, met). A
+bench whose JSON is not committed gets a note saying how to produce it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+MARKER = re.compile(r"<!-- bench: ([a-z0-9_]+) -->")
+COMMANDS = {  # how each result file is made (the Makefile's `bench` target runs them all)
+    "results": "bench/throughput.py --output bench/results.json",
+    "int8": "bench/int8.py --output bench/int8.json",
+    "selection": "bench/selection.py --output bench/selection.json",
+    "learning_curve": "bench/learning_curve.py --jobs 2 --output bench/learning_curve.json",
+    "tracking": "bench/tracking.py --output bench/tracking.json",
+    "batch": "bench/batch.py --output bench/batch.json",
+    "batch_static": "bench/batch.py --family static_logreg --engines local --output bench/batch_static.json",
+    "serving": "bench/serving.py --output bench/serving.json",
+    "reliability": "bench/reliability.py --output bench/reliability.json",
+}
+
+
+def _labels(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:,.0f}"
+
+
+def learning_curve(results: dict) -> str:
+    """Mean over folds, then mean ± std over seeds, per task, strategy and label budget; the goal check."""
+    lines = []
+    for task, curves in results["curves"].items():
+        sizes = [point["size"] for point in next(iter(curves.values()))]
+        goal = results["goals"].get(task, {})
+        best = {size: max(c[i]["f1_macro"] for c in curves.values()) for i, size in enumerate(sizes)}
+        lines.append(f"**{task}**, macro F1 after each label budget:\n")
+        head = " | ".join(f"{s:,}" for s in sizes)
+        reach = f"labels to reach random's {sizes[-1]:,} (goal ≤ {goal.get('goal_labels', 0):,})"
+        lines.append(f"| strategy | {head} | {reach} |")
+        lines.append("|---" * (len(sizes) + 2) + "|")
+        for strategy, curve in curves.items():
+            cells = []
+            for size, point in zip(sizes, curve, strict=True):
+                text = f"{point['f1_macro']:.3f} ± {point['f1_macro_std']:.3f}"
+                cells.append(f"**{text}**" if point["f1_macro"] == best[size] else text)
+            needed = goal.get(f"{strategy}_labels_to_reach")
+            met = goal.get(f"{strategy}_met")
+            verdict = "" if strategy == "random" else f"{_labels(needed)}: {'met' if met else 'missed'}"
+            per_seed = goal.get(f"{strategy}_labels_to_reach_per_seed")
+            if per_seed and strategy != "random":
+                values = [v for v in per_seed.values() if v is not None]
+                if values:
+                    verdict += f" (seeds {min(values):,.0f}–{max(values):,.0f})"
+            lines.append(f"| {strategy} | {' | '.join(cells)} | {verdict} |")
+        lines.append("")
+    machine = results.get("machine", {})
+    lines.append(
+        f"Measured on {machine.get('cpus', '?')} CPUs with `--jobs {machine.get('jobs', '?')}` "
+        f"in {results.get('seconds', 0) / 60:.0f} minutes ({results.get('units_done', '?')} runs)."
+    )
+    return "\n".join(lines)
+
+
+def goals(results: dict) -> str:
+    """A bench's own goal check: one row per goal."""
+    rows = ["| goal | target | measured | met |", "|---|---|---|---|"]
+    for name, goal in results["goals"].items():
+        met = "yes" if goal.get("met") else "**no**"
+        rows.append(f"| {name.replace('_', ' ')} | {goal.get('goal', '')} | {goal.get('measured', '')} | {met} |")
+    return "\n".join(rows)
+
+
+RENDERERS = {"learning_curve": learning_curve}
+
+
+def table(name: str) -> str:
+    """The generated table of ``bench/NAME.json``, or a note saying how to produce it."""
+    path = BENCH / f"{name}.json"
+    if not path.is_file():
+        command = COMMANDS.get(name, f"bench/{name}.py --output bench/{name}.json")
+        return (
+            f'!!! note "No results in this checkout"\n    `bench/{name}.json` is not committed yet: run '
+            f"`.venv/bin/python {command}` and commit the file to see its table here."
+        )
+    results = json.loads(path.read_text(encoding="utf-8"))
+    if name in RENDERERS:
+        return RENDERERS[name](results)
+    if "goals" in results:
+        return goals(results)
+    raise ValueError(f"bench/{name}.json: no renderer and no 'goals' (add one to docs/hooks/bench_tables.py)")
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    return MARKER.sub(lambda m: table(m.group(1)), markdown)
