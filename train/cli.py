@@ -284,7 +284,7 @@ def split_seeds(seeds_dir: str, output: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Show the choice; change nothing.")
 @click.option("--rollback", is_flag=True, help="Swap 'champion' and 'previous' instead (undo the last promotion).")
 def promote(task: str, metric: str, dry_run: bool, rollback: bool) -> None:
-    """Register the best finished run of TASK as tagger-<task> and move the 'champion' alias to it."""
+    """Register the best finished run of TASK as tagger-TASK and move the 'champion' alias to it."""
     from train.domain import registered_name
     from train.tracking.promote import promote as run_promote
     from train.tracking.promote import register_bundle
@@ -396,6 +396,16 @@ def export(task: str, alias: str, out: str) -> None:
 
     check_writable_folder(out, "--out")
     click.echo(str(export_model(registered_name(task), alias, Path(out))))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--out", type=click.Path(file_okay=False), help="New folder, when MODEL is a local model folder.")
+def migrate(model: str, out: str | None) -> None:
+    """Re-log a pickled model of an older tagger in the data format (run id, runs:/, models:/name@alias, or folder)."""
+    from train.tracking.migrate import migrate_model
+
+    click.echo(migrate_model(model, Path(out) if out else None))
 
 
 @cli.command()
