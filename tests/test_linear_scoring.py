@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from tests.conftest import SEEDS_FILE, TRAIN_FILE, read_jsonl
+from train.models.base import TextClassifier
 from train.models.linear_scoring import LinearHead
 from train.models.tfidf import TfidfLogReg, TfidfSvm
 
@@ -56,10 +55,11 @@ def test_compiled_scores_equal_the_pipeline(family, params, task):
     assert isinstance(model.compiled_.head, LinearHead) == (family is TfidfLogReg)
 
 
-def test_compiled_scorer_is_rebuilt_after_pickling_and_refitting():
+def test_compiled_scorer_is_rebuilt_after_saving_and_refitting(tmp_path):
     model = fitted(TfidfLogReg, "topic")
     before = model.predict_proba(PROBE)
-    restored = pickle.loads(pickle.dumps(model))
+    model.save(tmp_path / "model")
+    restored = TextClassifier.load(tmp_path / "model")
     assert "compiled_" not in restored.__dict__
     np.testing.assert_array_equal(restored.predict_proba(PROBE), before)
     # a refit on other data must not keep scoring with the old compiled weights

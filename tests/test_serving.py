@@ -12,14 +12,12 @@ import time
 from pathlib import Path
 
 import httpx
-import joblib
 import mlflow
 import pytest
 from conftest import ADMIN, ADMIN_TOKEN, TRAIN_FILE, free_port, invoke, read_jsonl, wait_ready
 
 from train.domain import TOPIC_LABELS
 from train.errors import TaggerError
-from train.models.base import TextClassifier, as_frame
 from train.tracking.promote import choose, promote, rollback
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -435,37 +433,43 @@ def test_admin_origin_option_must_be_an_origin(tmp_path):
     ]
 
 
-class ExplodingClassifier(TextClassifier):
-    """A trained classifier that raises ``SystemExit`` or ``KeyboardInterrupt`` for a text holding a
-    marker, as third-party model code may; pickled into a model folder that a server loads."""
+EXPLODING_PLUGIN = """
+from train.models.base import as_frame
+from train.models.tfidf import TfidfLogReg
 
-    def __init__(self, inner: TextClassifier):
-        super().__init__(inner.task_type, inner.labels, inner.seed)
-        self.inner = inner
 
-    def __getattr__(self, name: str):
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
+class ExplodingTfidf(TfidfLogReg):
     def predict_proba(self, X):
         texts = " ".join(as_frame(X)["text"])
         if "RAISE-SYSTEMEXIT" in texts:
             raise SystemExit(3)
         if "RAISE-KEYBOARDINTERRUPT" in texts:
             raise KeyboardInterrupt
-        return self.inner.predict_proba(X)
+        return super().predict_proba(X)
+"""
 
 
 @pytest.fixture(scope="module")
 def exploding_server(registry, tmp_path_factory):
-    """A server whose topic model raises ``SystemExit`` / ``KeyboardInterrupt`` on marked texts."""
-    folder = tmp_path_factory.mktemp("exploding") / "topic"
+    """A server whose topic model raises ``SystemExit`` / ``KeyboardInterrupt`` on marked texts, as third-party
+    model code may: a plug-in family (installed through the ``tagger_model_families`` entry point) that the
+    exported champion's manifest names."""
+    root = tmp_path_factory.mktemp("exploding")
+    plugin = root / "plugin"
+    (plugin / "exploding_family-0.1.dist-info").mkdir(parents=True)
+    (plugin / "exploding_family.py").write_text(EXPLODING_PLUGIN, encoding="utf-8")
+    (plugin / "exploding_family-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: exploding-family\nVersion: 0.1\n", encoding="utf-8"
+    )
+    (plugin / "exploding_family-0.1.dist-info" / "entry_points.txt").write_text(
+        "[tagger_model_families]\nexploding_tfidf = exploding_family:ExplodingTfidf\n", encoding="utf-8"
+    )
+    folder = root / "topic"
     invoke("export", "--task", "topic", "--alias", "champion", "--out", str(folder))
-    (pickle,) = folder.glob("artifacts/**/classifier.joblib")
-    joblib.dump(ExplodingClassifier(joblib.load(pickle)), pickle)
-    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    with serving(folder.parent, "--topic-model", str(folder), env=env) as base:
+    (manifest,) = folder.glob("artifacts/**/family.json")
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "family": "exploding_tfidf"}))
+    env = {"PYTHONPATH": os.pathsep.join([str(plugin), os.environ.get("PYTHONPATH", "")])}
+    with serving(root, "--topic-model", str(folder), env=env) as base:
         yield base
 
 

@@ -12,7 +12,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
@@ -71,18 +70,35 @@ class TextClassifier:
 
     # --- persistence ----------------------------------------------------------------------
     def save(self, folder: Path) -> None:
-        """Write everything needed to predict into ``folder`` (families with weights add files)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self, folder / "classifier.joblib")
+        """Write everything needed to predict into ``folder``: ``family.json`` and the weights (no pickle)."""
+        from train.models.persistence import save_classifier
+
+        save_classifier(self, Path(folder))
 
     @staticmethod
     def load(folder: Path) -> TextClassifier:
-        classifier = joblib.load(Path(folder) / "classifier.joblib")
-        classifier._restore(Path(folder))
-        return classifier
+        """The classifier saved in ``folder`` (``train.models.persistence``: data only, never unpickled)."""
+        from train.models.persistence import load_classifier
 
-    def _restore(self, folder: Path) -> None:
-        """Re-attach what ``save`` wrote beside the pickle (weights, sessions)."""
+        return load_classifier(Path(folder))
+
+    def learned_state(self) -> dict:
+        """Small learned values kept in the manifest: by default every attribute ending in ``_`` except the
+        decision (saved on its own). Families with weights return only what ``_save_weights`` does not write."""
+        from train.models.persistence import DECISION
+
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and k not in DECISION}
+
+    def restore_state(self, state: dict) -> None:
+        """Set the values ``learned_state`` returned when the model was saved."""
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    def _save_weights(self, folder: Path) -> None:
+        """Write the learned weights into ``folder`` in a native format (skops, safetensors, npz)."""
+
+    def _load_weights(self, folder: Path) -> None:
+        """Read back what ``_save_weights`` wrote (after params, decision and ``restore_state``)."""
 
     def model_info(self) -> dict[str, float]:
         """Size figures logged as metrics (parameter count, size on disk)."""
@@ -98,7 +114,7 @@ class TextClassifier:
         from train.models import parity
 
         reference = self.backends[0]
-        measured = getattr(self, "parity_", None) or {}
+        measured = self.parity_
         if backend == parity.AUTO:
             backend = parity.choose(getattr(self, "backend", reference), reference, measured)
         if backend not in self.backends:
@@ -175,6 +191,8 @@ class TextClassifier:
             self._fit(X, Y, X_dev, Y_dev, sample_weight=np.asarray(sample_weight, dtype=float))
         self.thresholds_ = np.full(len(self.labels), 0.5)
         self.offsets_ = np.zeros(len(self.labels))
+        self.priors_ = None  # set with the tuned decision (set_decision)
+        self.parity_ = {}  # set by measure_parity
         return self
 
     def predict_proba(self, X) -> np.ndarray:
@@ -185,8 +203,7 @@ class TextClassifier:
         if self.multilabel:
             chosen = proba >= self.thresholds_
             return [[lab for lab, keep in zip(self.labels, row, strict=True) if keep] for row in chosen]
-        # models saved before offsets existed decide by plain arg-max
-        return [self.labels[i] for i in apply_offsets(proba, getattr(self, "offsets_", None))]
+        return [self.labels[i] for i in apply_offsets(proba, self.offsets_)]
 
     def predict(self, X) -> list:
         return self.decide(self.predict_proba(X))
@@ -213,9 +230,9 @@ class TextClassifier:
         """Scores adjusted to the label priors of this batch (EM, ``prior_shift``); {label: (tuned, batch)}."""
         from train.models.prior_shift import adjust_priors
 
-        train_priors = getattr(self, "priors_", None)
+        train_priors = self.priors_
         if train_priors is None:
-            raise ValueError("the model stores no label priors (it was trained before prior correction existed)")
+            raise ValueError("the model stores no label priors (its decision was never tuned on held-out scores)")
         batch, adjusted = adjust_priors(proba, train_priors, self.multilabel)
         report = {label: (float(t), float(b)) for label, t, b in zip(self.labels, train_priors, batch, strict=True)}
         return report, adjusted
@@ -224,5 +241,4 @@ class TextClassifier:
         """The tuned decision, for run tags and summaries: thresholds (multi-label) or class offsets."""
         if self.multilabel:
             return {"thresholds": dict(zip(self.labels, map(float, self.thresholds_), strict=True))}
-        offsets = getattr(self, "offsets_", np.zeros(len(self.labels)))
-        return {"class_offsets": dict(zip(self.labels, map(float, offsets), strict=True))}
+        return {"class_offsets": dict(zip(self.labels, map(float, self.offsets_), strict=True))}

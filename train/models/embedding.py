@@ -38,18 +38,17 @@ class EmbeddingLogReg(SentenceVectorLogReg):
     def _encode(self, texts: list[str]) -> np.ndarray:
         return self._cache().encode(texts)
 
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("cache_", None)
-        state.pop("encoder_dir_", None)
-        return state
-
-    def save(self, folder: Path) -> None:
-        """Pickle of the head, plus the encoder's weights and tokenizer, so the model is self-contained."""
-        super().save(folder)
+    def _save_weights(self, folder: Path) -> None:
+        """The head, plus the encoder's weights (safetensors) and tokenizer, so the model is self-contained."""
+        super()._save_weights(folder)
         self._cache().encoder.save(folder / "encoder")
 
-    def _restore(self, folder: Path) -> None:
+    def _load_weights(self, folder: Path) -> None:
+        super()._load_weights(folder)
+        self._use_saved_encoder(folder)
+
+    def _use_saved_encoder(self, folder: Path) -> None:
+        """Encode with the encoder saved in ``folder``, caching embeddings in memory only."""
         self.encoder_dir_ = folder / "encoder"
         self.persist_embeddings_ = False
         self.cache_ = None

@@ -38,8 +38,8 @@ def timed(score: Callable[[], np.ndarray], sentences: int) -> tuple[np.ndarray, 
 
 
 def choose(current: str, reference: str, parity: dict[str, dict[str, float]] | None) -> str:
-    """The fastest backend holding parity; without parity figures (a model from before they existed),
-    the backend the model is set to."""
+    """The fastest backend holding parity; without parity figures (none were measured), the backend the
+    model is set to."""
     if not parity:
         return current
     holding = {b: m for b, m in parity.items() if b == reference or m["agreement"] >= MIN_AGREEMENT}

@@ -22,9 +22,11 @@ import pandas as pd
 from train.models.base import TextClassifier, mask_actors
 from train.models.catalog import SETFIT
 from train.models.encoder import resolve_encoder, set_threads
+from train.models.persistence import ModelFormatError, dump_sklearn, load_sklearn
 from train.registry import register_family
 
 TARGET_SEPARATOR = " | "
+HEAD, HEAD_PICKLE = "model_head.skops", "model_head.pkl"
 
 
 @register_family(SETFIT)
@@ -85,18 +87,26 @@ class SetFitClassifier(TextClassifier):
         proba = self.model_.predict_proba(self._texts(X), batch_size=64, as_numpy=True, show_progress_bar=False)
         return np.asarray(proba, dtype=float).reshape(len(X), len(self.labels))
 
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "model_"}
+    def learned_state(self) -> dict:
+        return {}
 
-    def save(self, folder: Path) -> None:
-        """The pickle (params, decision) plus the tuned encoder and head in SetFit's format (``setfit/``)."""
-        super().save(folder)
+    def _save_weights(self, folder: Path) -> None:
+        """The tuned encoder in SetFit's format (``setfit/``, safetensors), its head with skops.
+
+        SetFit pickles the head (``model_head.pkl``): that file is replaced by ``model_head.skops``.
+        """
         self.model_.save_pretrained(str(folder / "setfit"))
+        (folder / "setfit" / HEAD_PICKLE).unlink(missing_ok=True)
+        dump_sklearn(self.model_.model_head, folder / "setfit" / HEAD)
 
-    def _restore(self, folder: Path) -> None:
+    def _load_weights(self, folder: Path) -> None:
         from setfit import SetFitModel
 
+        if (folder / "setfit" / HEAD_PICKLE).exists():  # SetFit would unpickle it
+            raise ModelFormatError(f"{folder / 'setfit'}: holds a pickled head ({HEAD_PICKLE}); not loaded")
+        logging.getLogger("setfit").setLevel(logging.ERROR)  # "no head found: a random one" (ours comes next)
         self.model_ = SetFitModel.from_pretrained(str(folder / "setfit"))
+        self.model_.model_head = load_sklearn(folder / "setfit" / HEAD)
 
     def model_info(self) -> dict[str, float]:
         parameters = sum(p.numel() for p in self.model_.model_body.parameters())

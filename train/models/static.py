@@ -139,18 +139,17 @@ class StaticLogReg(SentenceVectorLogReg):
             self.encoder_ = StaticEncoder(self._static(), self.params["max_length"])
         return self.encoder_.encode(texts)
 
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("static_", None)
-        state.pop("encoder_", None)
-        return state
-
-    def save(self, folder: Path) -> None:
-        """Pickle of the head, plus the static model (vectors and tokenizer), so the model is self-contained."""
-        super().save(folder)
+    def _save_weights(self, folder: Path) -> None:
+        """The head, plus the static model (safetensors vectors and tokenizer), so the model is self-contained."""
+        super()._save_weights(folder)
         self._static().save_pretrained(str(folder / "static"))
 
-    def _restore(self, folder: Path) -> None:
+    def _load_weights(self, folder: Path) -> None:
+        super()._load_weights(folder)
+        self._use_saved_static(folder)
+
+    def _use_saved_static(self, folder: Path) -> None:
+        """Encode with the static model saved in ``folder``."""
         from model2vec import StaticModel
 
         self.static_ = StaticModel.from_pretrained(str(folder / "static"))

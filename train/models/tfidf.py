@@ -10,6 +10,7 @@ not which pair it is.
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from train.models.base import TextClassifier, mask_actors
 from train.models.catalog import TFIDF_LOGREG, TFIDF_SVM
 from train.models.linear_scoring import CompiledPipeline
+from train.models.persistence import dump_sklearn, load_sklearn
 from train.models.target_cross import TargetCrossedWords
 from train.models.weighting import fit_weighted
 from train.registry import register_family
@@ -132,8 +134,15 @@ class TfidfClassifier(TextClassifier):
             return self.pipeline_.predict_proba(pd.DataFrame(self._inputs(X)))
         return self.compiled_.predict_proba(self._inputs(X))
 
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "compiled_"}
+    def learned_state(self) -> dict:
+        return {"use_target_": bool(self.use_target_)}
+
+    def _save_weights(self, folder: Path) -> None:
+        dump_sklearn(self.pipeline_, folder / "pipeline.skops")
+
+    def _load_weights(self, folder: Path) -> None:
+        self.pipeline_ = load_sklearn(folder / "pipeline.skops")
+        self.__dict__.pop("compiled_", None)
 
 
 @register_family(TFIDF_LOGREG)

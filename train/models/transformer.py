@@ -261,21 +261,17 @@ class TransformerClassifier(TextClassifier):
         return self.sessions_[backend]
 
     # --- persistence ------------------------------------------------------------------------------
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        for key in ("model_", "tokenizer_", "sessions_", "onnx_dir_"):
-            state.pop(key, None)
-        return state
+    def learned_state(self) -> dict:
+        return {}
 
-    def save(self, folder: Path) -> None:
-        """Pickle (without weights), Hugging Face weights and tokenizer, and the ONNX exports."""
-        super().save(folder)
+    def _save_weights(self, folder: Path) -> None:
+        """Hugging Face weights (safetensors, ``config.json``) and tokenizer, and the ONNX exports."""
         self.model_.save_pretrained(folder / "hf")
         self.tokenizer_.save_pretrained(folder / "hf")
         self.export_onnx(folder / "onnx" / "model.onnx")
         quantize(folder / "onnx" / "model.onnx", folder / "onnx" / "model.int8.onnx")
 
-    def _restore(self, folder: Path) -> None:
+    def _load_weights(self, folder: Path) -> None:
         from transformers import AutoModelForSequenceClassification
 
         set_threads(self.params["torch_threads"])

@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
 from train.models.base import TextClassifier, mask_actors
+from train.models.persistence import dump_sklearn, load_sklearn
 from train.models.weighting import fit_weighted
 
 
@@ -59,3 +60,13 @@ class SentenceVectorLogReg(TextClassifier):
 
     def _scores(self, X: pd.DataFrame) -> np.ndarray:
         return self.head_.predict_proba(self._features(X))
+
+    def learned_state(self) -> dict:
+        return {}
+
+    def _save_weights(self, folder: Path) -> None:
+        """The head (skops); subclasses add their encoder."""
+        dump_sklearn(self.head_, folder / "head.skops")
+
+    def _load_weights(self, folder: Path) -> None:
+        self.head_ = load_sklearn(folder / "head.skops")

@@ -142,7 +142,7 @@ def classifier_uncertainty(classifier, proba: np.ndarray) -> np.ndarray:
     """Uncertainty of one classifier's scores under its tuned decision (thresholds or class offsets)."""
     if classifier.multilabel:
         return multilabel_uncertainty(proba, getattr(classifier, "thresholds_", None))
-    return multiclass_uncertainty(proba, getattr(classifier, "offsets_", None))
+    return multiclass_uncertainty(proba, classifier.offsets_)
 
 
 def _rounded(labels: list[str], row: np.ndarray) -> dict[str, float]:

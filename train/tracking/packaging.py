@@ -1,8 +1,12 @@
 """How tagger models are packaged as MLflow pyfunc models, and loaded back by reference.
 
 ``TaggerModel`` wraps one classifier (one task); ``TaggerBundle`` wraps a topic and a stance
-classifier together (registered as ``tagger``). Both keep the classifier's own files as the artifact
-``classifier`` (``topic``/``stance`` for the bundle) and the ``train`` package as code.
+classifier together (registered as ``tagger``). Both keep the classifier's own folder (manifest and
+weights, ``train.models.persistence``) as the artifact ``classifier`` (``topic``/``stance`` for the
+bundle) and the ``train`` package as code. They are logged as MLflow "models from code"
+(``pyfunc_model.py``, ``pyfunc_bundle.py``), so MLflow pickles nothing; tagger itself loads a model
+folder as data (``wrapper_from_folder``), running no code from it. This module is the only place
+that knows the pyfunc flavour.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ import pandas as pd
 from train.config import PACKAGE_ROOT
 from train.domain import DEFAULT_TARGET
 from train.errors import TaggerError
+from train.models import legacy
 from train.models.base import TextClassifier
 from train.outputs import classifier_frame, model_inputs, score_pair, tag_frame
 
 ARTIFACT_KEY = "classifier"
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # python_model of a one-task model
+BUNDLE_CODE = Path(__file__).with_name("pyfunc_bundle.py")  # python_model of the combined model
 log = logging.getLogger("tagger")
 
 
@@ -37,7 +44,7 @@ class TaggerModel(mlflow.pyfunc.PythonModel):
         self.classifier = classifier
 
     def load_context(self, context) -> None:
-        self.classifier = TextClassifier.load(Path(context.artifacts[ARTIFACT_KEY]))
+        self.classifier = open_classifier(Path(context.artifacts[ARTIFACT_KEY]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return predict_frame(self.classifier, model_input)
@@ -56,12 +63,68 @@ class TaggerBundle(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context) -> None:
-        self.topic = TextClassifier.load(Path(context.artifacts["topic"]))
-        self.stance = TextClassifier.load(Path(context.artifacts["stance"]))
+        self.topic = open_classifier(Path(context.artifacts["topic"]))
+        self.stance = open_classifier(Path(context.artifacts["stance"]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = model_inputs(model_input, DEFAULT_TARGET)
         return tag_frame(self.topic, self.stance, *score_pair(self.topic, self.stance, frame))
+
+
+def open_classifier(folder: Path) -> TextClassifier:
+    """The classifier saved in ``folder``: the data format, or a pickle of an older tagger (legacy loader)."""
+    return legacy.load_pickled(folder) if legacy.is_pickled(folder) else TextClassifier.load(folder)
+
+
+def model_artifacts(folder: Path) -> tuple[dict[str, Path], bool]:
+    """The artifact folders of the tagger pyfunc model in ``folder`` (key -> path), and whether MLflow
+    pickled its wrapper (``python_model.pkl``: a model logged by an older tagger)."""
+    import yaml
+
+    path = folder / "MLmodel"
+    if not path.is_file():
+        raise TaggerError(f"{folder}: not an MLflow model folder (no MLmodel file)")
+    try:
+        flavor = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("flavors", {}).get("python_function")
+    except (yaml.YAMLError, AttributeError, UnicodeDecodeError):
+        flavor = None
+    if not isinstance(flavor, dict):
+        raise TaggerError(f"{folder}: not a tagger model (no python_function flavour)")
+    root = folder.resolve()
+    artifacts = {}
+    for key, spec in (flavor.get("artifacts") or {}).items():
+        artifact = (folder / str((spec or {}).get("path", ""))).resolve()
+        if not artifact.is_relative_to(root):
+            raise TaggerError(f"{folder}: artifact '{key}' lies outside the model folder")
+        artifacts[key] = artifact
+    return artifacts, str(flavor.get("python_model", "")).endswith(".pkl")
+
+
+def wrapper_from_folder(folder: Path, reference: str | None = None) -> TaggerModel | TaggerBundle:
+    """The tagger model in a local MLflow model folder, read as data (no code from the folder runs;
+    only a model of an older tagger is unpickled, by the legacy loader, with a warning)."""
+    artifacts, pickled = model_artifacts(folder)
+    if {"topic", "stance"} <= set(artifacts):
+        wrapper: TaggerModel | TaggerBundle = TaggerBundle()
+        wrapper.topic, wrapper.stance = open_classifier(artifacts["topic"]), open_classifier(artifacts["stance"])
+    elif ARTIFACT_KEY in artifacts:
+        wrapper = TaggerModel(open_classifier(artifacts[ARTIFACT_KEY]))
+    else:
+        raise TaggerError(f"model '{reference or folder}': not a tagger model")
+    if pickled or any(legacy.is_pickled(a) for a in artifacts.values()):
+        log.warning(
+            "model '%s' was saved by an older tagger as pickles (loaded by the legacy loader, which runs their "
+            "code); convert it with: tagger migrate %s",
+            reference or folder,
+            reference or folder,
+        )
+    return wrapper
+
+
+def is_legacy_folder(folder: Path) -> bool:
+    """Whether the MLflow model folder holds pickles of an older tagger (what ``tagger migrate`` converts)."""
+    artifacts, pickled = model_artifacts(folder)
+    return pickled or any(legacy.is_pickled(a) for a in artifacts.values())
 
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -70,9 +133,9 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 def model_uri(reference: str) -> str:
     """A run id, ``runs:/``/``models:/`` URI or local folder → an MLflow model URI.
 
-    A logged model is a pickle: loading it runs its code. So models come only from the configured
-    tracking store (run ids, ``runs:/``, ``models:/``) or from a local model folder the user names;
-    other URIs (``http://``, ``s3://``, ...) and any ``..`` are refused.
+    A model of an older tagger is a pickle: loading it runs its code. So models come only from the
+    configured tracking store (run ids, ``runs:/``, ``models:/``) or from a local model folder the user
+    names; other URIs (``http://``, ``s3://``, ...) and any ``..`` are refused.
     """
     if reference.startswith(("runs:/", "models:/")):
         scheme, _, rest = reference.partition(":/")
@@ -169,15 +232,22 @@ def load_wrapper(reference: str) -> TaggerModel | TaggerBundle:
         if not mlflow.is_tracking_uri_set():
             store.setup()  # the configured store: MLFLOW_TRACKING_URI, else the embedded one
         source = check_in_store(uri)
-    log.info("loading model %s from %s (a model folder is code: load only models you trust)", reference, source)
+    log.info("loading model %s from %s", reference, source)
     try:
-        loaded = load_pyfunc(uri)
-    except Exception as exc:  # MLflow raises several types for a bad reference
+        folder = local_folder(uri)
+        return wrapper_from_folder(folder, reference)
+    except TaggerError:
+        raise
+    except Exception as exc:  # MLflow, skops and the libraries of the weights raise several types
         raise TaggerError(f"model '{reference}': cannot load ({type(exc).__name__}: {exc})") from None
-    wrapper = loaded.unwrap_python_model()
-    if isinstance(wrapper, TaggerBundle) or isinstance(getattr(wrapper, "classifier", None), TextClassifier):
-        return wrapper
-    raise TaggerError(f"model '{reference}': not a tagger model")
+
+
+def local_folder(uri: str) -> Path:
+    """The local folder of a model URI (``model_uri``'s result): downloaded from the store for
+    ``runs:/``/``models:/`` (into a temporary folder kept for the process: weights are read lazily)."""
+    if uri.startswith(("runs:/", "models:/")):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    return Path(uri)
 
 
 def set_backend(classifiers: list[TextClassifier], backend: str | None, force: bool = False) -> None:
@@ -217,7 +287,7 @@ def pinned_requirements(extra: tuple[str, ...] = ()) -> list[str]:
     """Pinned pip requirements of a logged model: the common stack plus ``extra`` packages."""
     from importlib import metadata
 
-    names = ["mlflow", "scikit-learn", "numpy", "pandas", "pydantic", "catalogue", "joblib", "pysbd", "pyyaml", *extra]
+    names = ["mlflow", "scikit-learn", "skops", "numpy", "pandas", "pydantic", "catalogue", "pysbd", "pyyaml", *extra]
     pins = []
     for name in names:
         try:
@@ -227,40 +297,51 @@ def pinned_requirements(extra: tuple[str, ...] = ()) -> list[str]:
     return pins
 
 
-def log_classifier(model: TextClassifier, example: pd.DataFrame, workdir: Path):
-    """Log ``model`` in the active run as a ``TaggerModel`` pyfunc, with signature and input example."""
+def classifier_model_arguments(model: TextClassifier, example: pd.DataFrame, workdir: Path) -> dict:
+    """What ``mlflow.pyfunc.log_model``/``save_model`` need for a one-task ``TaggerModel`` (``model`` is
+    saved into ``workdir``); ``example``: input rows, of which the first three become the input example."""
     path = workdir / ARTIFACT_KEY
     model.save(path)
     example = example.head(3).copy()
     if not example["target"].str.strip().any():
         example = example[["text"]]
-    signature = mlflow.models.infer_signature(example, predict_frame(model, example))
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=TaggerModel(),
-        artifacts={ARTIFACT_KEY: str(path)},
-        code_paths=[str(PACKAGE_ROOT)],
-        signature=signature,
-        input_example=example,
-        pip_requirements=pinned_requirements(tuple(model.requirements)),
-    )
+    return {
+        "python_model": str(MODEL_CODE),
+        "artifacts": {ARTIFACT_KEY: str(path)},
+        "code_paths": [str(PACKAGE_ROOT)],
+        "signature": mlflow.models.infer_signature(example, predict_frame(model, example)),
+        "input_example": example,
+        "pip_requirements": pinned_requirements(tuple(model.requirements)),
+    }
+
+
+def log_classifier(model: TextClassifier, example: pd.DataFrame, workdir: Path):
+    """Log ``model`` in the active run as a ``TaggerModel`` pyfunc, with signature and input example."""
+    return mlflow.pyfunc.log_model(name="model", **classifier_model_arguments(model, example, workdir))
 
 
 def bundle_model_arguments(folders: dict[str, str]) -> dict:
     """What ``mlflow.pyfunc.log_model``/``save_model`` need for a topic + stance ``TaggerBundle``.
 
-    ``folders`` maps ``topic`` and ``stance`` to saved classifier folders (a model's ``artifacts/classifier``).
+    ``folders`` maps ``topic`` and ``stance`` to saved classifier folders (a model's ``artifacts/classifier``);
+    a classifier pickled by an older tagger is re-saved in the data format beside its folder first.
     The signature makes ``target`` optional (the default target is used where it is missing).
     """
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema
 
     example = pd.DataFrame({"text": ["Both ministers signed a gas supply agreement."], "target": [DEFAULT_TARGET]})
+    folders = dict(folders)
+    for task in ("topic", "stance"):
+        if legacy.is_pickled(Path(folders[task])):
+            migrated = Path(f"{folders[task]}.data")
+            legacy.load_pickled(Path(folders[task])).save(migrated)
+            folders[task] = str(migrated)
     topic, stance = (TextClassifier.load(Path(folders[task])) for task in ("topic", "stance"))
     outputs = infer_signature(example, tag_frame(topic, stance, *score_pair(topic, stance, example))).outputs
     inputs = Schema([ColSpec("string", "text"), ColSpec("string", "target", required=False)])
     return {
-        "python_model": TaggerBundle(),
+        "python_model": str(BUNDLE_CODE),
         "artifacts": folders,
         "code_paths": [str(PACKAGE_ROOT)],
         "signature": ModelSignature(inputs=inputs, outputs=outputs),
