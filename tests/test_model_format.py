@@ -184,8 +184,7 @@ def test_migrate_a_registered_model_moves_its_alias_to_a_new_version(tmp_path):
     from train.tracking.packaging import load_wrapper
 
     client = mlflow.MlflowClient()
-    mlflow.set_experiment("legacy-models")
-    with mlflow.start_run(run_name="old-bundle") as run:
+    with mlflow.start_run(run_name="old-bundle", experiment_id=mlflow.create_experiment("legacy-models")) as run:
         mlflow.log_params({"model.family": "tfidf_logreg"})
         mlflow.log_metric("validation/f1_macro", 0.5)
         mlflow.log_artifacts(str(LEGACY / "tagger"), "model")
