@@ -203,3 +203,17 @@ def test_migrate_a_registered_model_moves_its_alias_to_a_new_version(tmp_path):
     frame, expected = expected_scores()
     wrapper = load_wrapper("models:/tagger-legacy@champion")
     np.testing.assert_allclose(wrapper.stance.predict_proba(frame), expected["tagger"]["stance"], atol=1e-12)
+
+
+def test_a_skops_file_with_an_untrusted_type_is_refused(tmp_path):
+    import collections
+
+    import skops.io as sio
+
+    from train.models.persistence import ModelFormatError
+
+    folder = tmp_path / "model"
+    fitted("tfidf_logreg", True)[0].save(folder)
+    sio.dump({"steps": collections.Counter("ab")}, folder / "pipeline.skops")
+    with pytest.raises(ModelFormatError, match=r"pipeline.skops: holds types that are not trusted.*Counter"):
+        TextClassifier.load(folder)
