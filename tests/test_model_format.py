@@ -90,6 +90,7 @@ def test_every_family_saves_data_and_no_pickle(family, tmp_path, monkeypatch, re
         assert loaded.predict(X) == model.predict(X)
 
 
+@pytest.mark.slow
 def test_logged_models_one_task_and_bundle_hold_no_pickle(tmp_path):
     import mlflow
 
