@@ -22,7 +22,7 @@ LS_ENV := LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install install-spark install-mpnet browser services demo demo-full test lint bench bench-reliability ui clean-store \
+.PHONY: install install-spark install-mpnet browser services demo demo-full test test-fast lint bench bench-reliability ui clean-store \
         docs \
         labelstudio labelstudio-server test-labelstudio \
         tracking-server tracking-server-stop tracking-server-clean
@@ -124,6 +124,12 @@ services:
 test: $(STAMP) $(SPARK_STAMP) browser services docs
 	$(VENV)/bin/ruff check train tests bench scripts
 	$(PY) -m pytest -q --durations=15
+
+# the unit lane (under 2 minutes on 2 cores): no server, CLI subprocess, torch training, PostgreSQL, Spark or
+# browser, and nothing to install but .venv; make test runs these and the slow, services and browser tests
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check train tests bench scripts
+	$(PY) -m pytest -q -m "not slow and not services and not browser" --durations=5
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check train tests

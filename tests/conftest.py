@@ -78,7 +78,9 @@ def invoke(*args, input=None):
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory):
-    """Two TF-IDF runs per task on a small corpus slice, then both tasks promoted."""
+    """Two TF-IDF runs per task on a small corpus slice, then both tasks promoted.
+
+    Word n-grams only: char n-grams make each model about 40 MB, slow to save and to load in every test."""
     rows = read_jsonl(ROOT / "data/train/news_sentences.jsonl")[::3]
     data = write_jsonl(tmp_path_factory.mktemp("serve") / "train.jsonl", rows)
     from train.config import load_config
@@ -87,9 +89,8 @@ def registry(tmp_path_factory):
     runs = {}
     for task in ("topic", "stance"):
         for family in ("tfidf_logreg", "tfidf_svm"):
-            config = load_config(
-                ROOT / f"configs/{task}/{family}.yaml", [f"data.train={data}", "evaluation.bootstrap_samples=0"]
-            )
+            overrides = [f"data.train={data}", "evaluation.bootstrap_samples=0", "model.params.char_ngram_range=null"]
+            config = load_config(ROOT / f"configs/{task}/{family}.yaml", overrides)
             runs[(task, family)] = train(config, config_path=f"configs/{task}/{family}.yaml")
     first = invoke("promote", "--task", "topic").stdout
     invoke("promote", "--task", "stance")

@@ -37,6 +37,7 @@ def read_output(folder) -> pd.DataFrame:
     return frame[sorted(frame.columns)]
 
 
+@pytest.mark.slow
 def test_local_batch_tagging_streams_chunks(registry, sentences, tmp_path):
     out = tmp_path / "local"
     invoke("tag-batch", str(sentences), str(out), "--chunk-size", "3000")
@@ -53,6 +54,8 @@ def test_local_batch_tagging_streams_chunks(registry, sentences, tmp_path):
 @pytest.mark.skipif(
     importlib.util.find_spec("pyspark") is None, reason="PySpark is not installed (make test installs .[spark])"
 )
+@pytest.mark.slow
+@pytest.mark.services
 def test_spark_and_local_outputs_are_identical(registry, sentences, tmp_path):
     if not shutil.which("java"):
         pytest.skip("Java is not installed; run 'make services'")
@@ -263,6 +266,7 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.slow
 def test_kill_9_leaves_no_orphans_and_the_next_run_replaces_it(registry, tmp_path, caplog, monkeypatch):
     """``kill -9`` of tag-batch mid-run: its workers and the resource tracker exit within 10 s, no model copy
     stays in $TMPDIR, no part is visible; the next run replaces the incomplete output, saying so."""

@@ -21,6 +21,7 @@ def bench_module():
     return module
 
 
+@pytest.mark.slow
 def test_quick_run_records_every_point_with_scores_in_range(tmp_path):
     output, png = tmp_path / "curve.json", tmp_path / "curve.png"
     done = subprocess.run(

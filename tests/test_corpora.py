@@ -23,6 +23,7 @@ def two_corpora(tmp_path, small_train):
     return a, b
 
 
+@pytest.mark.slow
 def test_cv_scores_each_corpus(two_corpora, tmp_path, monkeypatch):
     from train.training.cv import cross_validate
 
@@ -37,6 +38,7 @@ def test_cv_scores_each_corpus(two_corpora, tmp_path, monkeypatch):
     assert {"dataset_sha256.a.jsonl", "dataset_sha256.b.jsonl"} <= set(run.data.tags)
 
 
+@pytest.mark.slow
 def test_train_reports_dev_per_corpus(two_corpora, tmp_path, monkeypatch):
     from train.training.pipeline import train
 
@@ -105,6 +107,7 @@ def test_weights_make_the_heavier_corpus_win(family, task_type, labels):
         assert model.predict(probe)[0] == expected, (family, task_type, heavy)
 
 
+@pytest.mark.slow
 def test_train_with_weights_and_its_errors(two_corpora, tmp_path, monkeypatch):
     from train.training.pipeline import train
 

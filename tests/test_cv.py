@@ -30,6 +30,7 @@ def test_too_few_groups_is_an_error():
         grouped_stratified_folds(np.ones((9, 2)), np.repeat([1, 2, 3], 3), 5)
 
 
+@pytest.mark.slow
 def test_cv_logs_a_parent_with_fold_children_and_a_final_model(small_train, tmp_path, monkeypatch):
     from train.config import load_config
     from train.tracking.promote import choose

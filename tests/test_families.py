@@ -10,7 +10,12 @@ from conftest import ROOT
 from train.models.checks import check_family
 from train.registry import BUILTIN_FAMILIES
 
-@pytest.mark.parametrize("family", sorted(BUILTIN_FAMILIES))
+TORCH_FAMILIES = {"embedding_logreg", "setfit", "static_logreg", "transformer"}  # encoders: slow lane
+
+
+@pytest.mark.parametrize(
+    "family", [pytest.param(f, marks=pytest.mark.slow) if f in TORCH_FAMILIES else f for f in sorted(BUILTIN_FAMILIES)]
+)
 def test_builtin_family_keeps_the_contract(family, tmp_path, monkeypatch, request):
     monkeypatch.setenv("TAGGER_HOME", str(tmp_path / "home"))  # the embedding cache goes to a throw-away folder
     monkeypatch.chdir(tmp_path)  # and nothing may be written to the working folder (trainer checkpoints, say)

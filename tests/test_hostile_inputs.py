@@ -242,6 +242,7 @@ def test_bad_sweep_is_refused_before_any_trial(tmp_path, monkeypatch, capsys, na
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "sweeps").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_trials_all_fail_exits_with_the_first_cause(tmp_path, small_train, monkeypatch, capsys):
     import optuna
 
@@ -286,6 +287,7 @@ def test_a_suggest_that_raises_counts_as_a_failure(tmp_path, small_train, monkey
 # --- temporary files ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_killed_command_leaves_no_temporary_files_after_the_next(tmp_path, small_train):
     """Every command works in its own temporary folder: removed at exit, or by the next command after kill -9."""
     import signal

@@ -26,9 +26,13 @@ TEMPLATE_DB = LS_VENV / "template" / "label_studio.sqlite3"  # schema migrated o
 TOKEN = "tagger-test-token-0123456789abcdef"
 COMBINED = "models:/tagger@champion"
 
-pytestmark = pytest.mark.skipif(
-    not LS_BIN.exists(), reason=f"Label Studio is not installed in {LS_VENV.name} (run `make labelstudio`)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.services,
+    pytest.mark.skipif(
+        not LS_BIN.exists(), reason=f"Label Studio is not installed in {LS_VENV.name} (run `make labelstudio`)"
+    ),
+]
 
 
 def _log_tail(path: Path) -> str:

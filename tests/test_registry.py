@@ -22,6 +22,8 @@ from train.tracking.store import initialize_store
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("topic", "stance")
 
+pytestmark = [pytest.mark.slow]
+
 
 def tagger(*args: str, env: dict, timeout: int = 300) -> subprocess.Popen:
     return subprocess.Popen(

@@ -111,6 +111,7 @@ def test_one_failing_request_does_not_fail_its_batch(registry):
 # --- the HTTP service -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_concurrent_reloads_do_not_deadlock(server):
     """Two reloads at once held a thread lock across an await: the server hung for good."""
 
@@ -125,6 +126,7 @@ def test_concurrent_reloads_do_not_deadlock(server):
     assert httpx.post(f"{server}/v1/tag", json={"text": "Talks ended."}, timeout=10).status_code == 200
 
 
+@pytest.mark.slow
 def test_lone_surrogate_is_refused_without_hurting_others(server):
     poison = b'{"text": "Gas \\ud800 deal."}'
 
@@ -152,11 +154,13 @@ def test_lone_surrogate_is_refused_without_hurting_others(server):
         ({"text": "Hi.", "target": "t" * 500}, "at most 200"),
     ],
 )
+@pytest.mark.slow
 def test_invisible_or_oversize_parts_are_refused(server, body, message):
     r = httpx.post(f"{server}/v1/tag", json=body)
     assert r.status_code == 422 and message in r.text
 
 
+@pytest.mark.slow
 def test_huge_unpunctuated_text_is_answered_quickly(server):
     """A 90 KB line without punctuation used to take minutes (quadratic splitting)."""
     began = time.monotonic()
@@ -168,6 +172,7 @@ def test_huge_unpunctuated_text_is_answered_quickly(server):
     assert httpx.post(f"{server}/v1/tag", json={"text": "Talks ended."}).status_code == 200
 
 
+@pytest.mark.slow
 def test_slow_body_gets_408(server):
     """A body that declares more bytes than it sends no longer holds the connection for minutes."""
     host, port = server.removeprefix("http://").split(":")
@@ -190,6 +195,7 @@ def test_slow_body_gets_408(server):
         ({**ADMIN, "Sec-Fetch-Site": "cross-site"}, {"json": {}}, 403),
     ],
 )
+@pytest.mark.slow
 def test_admin_reload_needs_token_json_and_same_origin(server, headers, kwargs, status):
     r = httpx.post(f"{server}/v1/admin/reload", headers=headers, **kwargs)
     assert r.status_code == status, r.text
@@ -211,6 +217,7 @@ def test_models_come_only_from_the_store_or_local_folders(reference):
 # --- serve start-up ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_serve_port_errors_are_one_line(tmp_path):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'x.db'}", "TAGGER_HOME": str(tmp_path)}
     proc = tagger_cli("serve", "--port", "99999", env=env)
@@ -226,6 +233,7 @@ def test_serve_port_errors_are_one_line(tmp_path):
     assert proc.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
+@pytest.mark.slow
 def test_serve_on_all_interfaces_warns(tmp_path):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'x.db'}", "TAGGER_HOME": str(tmp_path)}
     proc = tagger_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()), env=env)
@@ -236,6 +244,7 @@ def test_serve_on_all_interfaces_warns(tmp_path):
 # --- the store under concurrent use -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_concurrent_first_use_of_a_new_store(tmp_path, small_train):
     """Four trainings started at once on a new SQLite store: MLflow's schema creation raced and broke it."""
     store = f"sqlite:///{tmp_path / 'new.db'}"
@@ -262,6 +271,7 @@ def test_concurrent_first_use_of_a_new_store(tmp_path, small_train):
     assert len(finished) == 4
 
 
+@pytest.mark.slow
 def test_killed_training_is_marked_killed(tmp_path, small_train):
     """A run whose process is killed with -9 no longer stays RUNNING: the next command marks it KILLED."""
     store = f"sqlite:///{tmp_path / 'kill.db'}"
@@ -375,6 +385,7 @@ def test_cli_usage_errors_are_one_line(tmp_path, monkeypatch, capsys, args, mess
 # --- a run without a model is never a candidate ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_runs_without_a_model_are_never_chosen(tmp_path, small_train, monkeypatch):
     from train.config import load_config
     from train.tracking.promote import choose

@@ -88,6 +88,7 @@ def test_tag_cli_uses_champions(registry):
     assert rows[0]["stance"] in {"favor", "against", "neutral"}
 
 
+@pytest.mark.slow
 def test_export_is_self_contained(registry, tmp_path):
     out = tmp_path / "exported"
     invoke("export", "--task", "topic", "--alias", "champion", "--out", str(out))
@@ -104,6 +105,7 @@ def test_export_is_self_contained(registry, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_tag_endpoint(server):
     r = httpx.post(
         f"{server}/v1/tag",
@@ -146,6 +148,7 @@ def test_tag_endpoint(server):
         ),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_is_refused_and_server_keeps_serving(server, kwargs, status, message):
     r = httpx.post(f"{server}/v1/tag", **kwargs)
     assert r.status_code == status, r.text
@@ -153,6 +156,7 @@ def test_bad_input_is_refused_and_server_keeps_serving(server, kwargs, status, m
     assert httpx.post(f"{server}/v1/tag", json={"text": "Gas flows resumed."}).status_code == 200
 
 
+@pytest.mark.slow
 def test_reload_swaps_models(server):
     r = httpx.post(f"{server}/v1/admin/reload", json={}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["status"] == "reloaded"
@@ -169,6 +173,7 @@ def test_reload_swaps_models(server):
         ("postgresql://tagger:secret@127.0.0.1:{port}/mlflow", [], "postgresql://tagger:***@127.0.0.1:{port}/mlflow"),
     ],
 )
+@pytest.mark.slow
 def test_serve_start_up_errors_are_one_clear_line(tmp_path, store, args, message):
     """No champion, a missing or broken model URI, an unreachable store: exit 2 with the reason, no traceback."""
     port = free_port()  # nothing listens there
@@ -187,6 +192,7 @@ def test_serve_start_up_errors_are_one_clear_line(tmp_path, store, args, message
     assert "Traceback" not in proc.stderr and "secret" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_concurrent_requests_get_their_own_results(server):
     """Micro-batching coalesces concurrent requests; each must still get exactly its own sentences back."""
     import asyncio
@@ -263,6 +269,7 @@ def prose(chars: int) -> str:
     return "\n".join(lines)[:chars]
 
 
+@pytest.mark.slow
 def test_health_checks_and_small_requests_stay_fast_under_big_texts(limited_server):
     """40 texts of 100 KB at once took every thread of the pool that /healthz also needed (sentence
     splitting ran there), and long ``sentences`` bodies were tagged ahead of one-sentence requests."""
@@ -298,6 +305,7 @@ def test_health_checks_and_small_requests_stay_fast_under_big_texts(limited_serv
     assert statuses <= {200, 413, 503} and 413 in statuses, [r.text[:100] for r in flood]
 
 
+@pytest.mark.slow
 def test_a_request_that_would_wait_past_its_deadline_is_refused_at_once(limited_server):
     """Requests queued behind more work than their deadline allows got their 503 only once the deadline
     had passed, after taking their share of the work; now they are refused on arrival, with Retry-After."""
@@ -322,6 +330,7 @@ def test_a_request_that_would_wait_past_its_deadline_is_refused_at_once(limited_
     assert {r.status_code for _, r in results} <= {413, 503}
 
 
+@pytest.mark.slow
 def test_idle_slow_header_and_kept_alive_connections_are_closed(limited_server):
     """Connections that sent nothing, or trickled their headers, stayed open for good (uvicorn arms no
     timer before a first response); a kept-alive one stayed 75 s. Normal requests keep being answered."""
@@ -375,6 +384,7 @@ def test_idle_slow_header_and_kept_alive_connections_are_closed(limited_server):
     assert {status for status, _ in normal} == {200} and max(took for _, took in normal) < 1.0
 
 
+@pytest.mark.slow
 def test_connections_over_the_limit_are_answered_503(limited_server):
     host, port = limited_server.removeprefix("http://").split(":")
     time.sleep(0.3)  # connections of earlier tests are gone
@@ -410,6 +420,7 @@ def test_connections_over_the_limit_are_answered_503(limited_server):
         (None, {"content": b"[" * 100_000 + b"]" * 100_000, "headers": {"content-type": "application/json"}}, 422),
     ],
 )
+@pytest.mark.slow
 def test_admin_origin_is_compared_in_full_with_an_allow_list(limited_server, origin, kwargs, status):
     headers = {**ADMIN, **kwargs.pop("headers", {})}
     if origin is not None:
@@ -418,6 +429,7 @@ def test_admin_origin_is_compared_in_full_with_an_allow_list(limited_server, ori
     assert r.status_code == status, r.text
 
 
+@pytest.mark.slow
 def test_admin_origin_option_must_be_an_origin(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'x.db'}", "TAGGER_HOME": str(tmp_path)}
     proc = subprocess.run(
@@ -473,6 +485,7 @@ def exploding_server(registry, tmp_path_factory):
         yield base
 
 
+@pytest.mark.slow
 def test_a_model_raising_systemexit_fails_one_request_only(exploding_server):
     """``SystemExit`` raised in a model's predict went through the inference task and stopped the event
     loop: the server exited. Now that request gets a 500 with a one-line reason, and the rest are served."""

@@ -5,6 +5,8 @@ import pytest
 
 from train.models.static import StaticEncoder, distilled_model
 
+pytestmark = [pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def static(tiny_encoder, tmp_path_factory):

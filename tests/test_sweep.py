@@ -107,6 +107,7 @@ def test_shipped_spaces_fit_their_configs():
         assert resolve_objective(load_config(ROOT / config), loaded, None) == ("cv/f1_macro_mean", "maximize")
 
 
+@pytest.mark.slow
 def test_two_sweep_processes_share_one_study_exactly(tmp_path, sweep_env):
     env, sets = sweep_env
     space = space_file(tmp_path, {"model.params.C": {"type": "float", "low": 0.1, "high": 10, "log": True}})
@@ -128,6 +129,7 @@ def test_two_sweep_processes_share_one_study_exactly(tmp_path, sweep_env):
     assert "plots/optimization_history.png" in artifacts
 
 
+@pytest.mark.slow
 def test_resumed_study_keeps_its_trials_and_best_config_reproduces(tmp_path, sweep_env, monkeypatch):
     from train.config import load_config
     from train.training.cv import cross_validate
@@ -170,6 +172,7 @@ def test_resumed_study_keeps_its_trials_and_best_config_reproduces(tmp_path, swe
     assert mlflow.get_run(run_id).data.metrics["cv/f1_macro_mean"] == pytest.approx(study.best_value, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_is_resumed_and_its_dead_trial_rerun(tmp_path, sweep_env):
     env, sets = sweep_env
     space = space_file(tmp_path, {"model.params.C": {"type": "float", "low": 0.1, "high": 10, "log": True}})
@@ -210,6 +213,7 @@ def _open_at_once(url: str, ours: bool, barrier, results) -> None:
         results.put((ours, f"{type(exc).__name__}: {exc}"))
 
 
+@pytest.mark.slow
 def test_a_sweep_opens_a_new_storage_while_other_optuna_clients_create_it(tmp_path):
     """Plain Optuna clients (a script, a dashboard) creating the schema at the same moment do not fail a sweep."""
     context = multiprocessing.get_context("spawn")

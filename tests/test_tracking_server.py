@@ -22,6 +22,8 @@ from conftest import ROOT, free_port, read_jsonl, wait_ready, write_jsonl
 SCRIPT = ROOT / "scripts" / "tracking_server.sh"
 QUICK = ["--set", "evaluation.bootstrap_samples=0", "--set", "model.params.char_ngram_range=null"]
 
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
 
 class Stack:
     """The tracking stack in a throw-away folder on free ports."""

@@ -29,6 +29,7 @@ def _train(config_path, small_train, *extra):
     return train(config, config_path=config_path)
 
 
+@pytest.mark.slow
 def test_topic_run_logs_everything(small_train, tmp_path):
     run_id = _train("configs/topic/tfidf_logreg.yaml", small_train)
     run = mlflow.get_run(run_id)
@@ -91,6 +92,7 @@ def test_topic_run_logs_everything(small_train, tmp_path):
     assert run_id in listing.stdout
 
 
+@pytest.mark.slow
 def test_stance_run_uses_target_and_favg(small_train):
     run_id = _train("configs/stance/tfidf_svm.yaml", small_train)
     run = mlflow.get_run(run_id)
@@ -121,6 +123,7 @@ def test_leaked_training_data_is_refused_before_any_run(small_train, tmp_path):
     assert mlflow.get_run(run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_eval_label_unseen_in_training_warns(small_train, tmp_path, caplog):
     rows = [r for r in read_jsonl(small_train) if "energy" not in r["topics"]]
     no_energy = write_jsonl(tmp_path / "no_energy.jsonl", rows)

@@ -49,6 +49,7 @@ def tiny_run(tmp_path_factory):
     return run_id
 
 
+@pytest.mark.slow
 def test_tiny_finetune_is_tracked(tiny_run):
     run = mlflow.get_run(tiny_run)
     assert run.info.status == "FINISHED"
@@ -82,6 +83,7 @@ def test_early_stopping_keeps_the_best_epoch_in_memory():
     assert torch.equal(model.weight, weights[1])
 
 
+@pytest.mark.slow
 def test_reload_in_fresh_process_predicts_identically(tiny_run, tmp_path):
     here = load_classifier(tiny_run).predict_proba(SEEDS)
     script = (
@@ -95,6 +97,7 @@ def test_reload_in_fresh_process_predicts_identically(tiny_run, tmp_path):
     np.testing.assert_allclose(there, here, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_onnx_backends_match_torch(tiny_run):
     classifier = load_classifier(tiny_run)
     torch_scores = classifier.predict_proba(SEEDS)
@@ -110,6 +113,7 @@ def test_onnx_backends_match_torch(tiny_run):
         classifier.set_backend("tensorrt")
 
 
+@pytest.mark.slow
 def test_cli_predict_with_onnx_backend(tiny_run):
     from click.testing import CliRunner
 
@@ -136,6 +140,7 @@ def test_missing_model_folder_and_missing_tokenizer_are_config_errors(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_hub_id_resolves_through_the_offline_hub_cache(tmp_path):
     """The real hub code path (a repo id, not a folder), served from a local hub cache with HF_HUB_OFFLINE=1."""
     repo = tmp_path / "hub" / "models--local--minilm"
@@ -160,6 +165,7 @@ def test_hub_id_resolves_through_the_offline_hub_cache(tmp_path):
     assert "ERR cannot load a tokenizer from 'local/absent' (HF_HUB_OFFLINE=1: only cached models)" in proc.stdout
 
 
+@pytest.mark.slow
 def test_embedding_family_caches_encodings(small_train, tmp_path):
     overrides = [
         f"data.train={small_train}",
@@ -178,6 +184,7 @@ def test_embedding_family_caches_encodings(small_train, tmp_path):
     assert a == pytest.approx(b)
 
 
+@pytest.mark.slow
 def test_tagger_backend_applies_to_the_models_that_have_it(tiny_run, small_train):
     """``tagger serve/tag --backend onnx-int8``: the transformer switches, the TF-IDF stance model is left as is."""
     from train.errors import TaggerError
@@ -200,6 +207,7 @@ def test_tagger_backend_applies_to_the_models_that_have_it(tiny_run, small_train
         Tagger.load(stance_run, stance_run, backend="onnx")
 
 
+@pytest.mark.slow
 def test_loaded_embedding_model_caches_in_memory_only(tmp_path):
     """Serving (a loaded model) writes no embedding files from user text and keeps a bounded cache."""
     from train.models.base import TextClassifier
@@ -219,6 +227,7 @@ def test_loaded_embedding_model_caches_in_memory_only(tmp_path):
     assert len(loaded.cache_.memory) == 5
 
 
+@pytest.mark.slow
 def test_training_measures_backend_parity(tiny_run):
     metrics = mlflow.get_run(tiny_run).data.metrics
     for backend in ("torch", "onnx", "onnx-int8"):
@@ -230,6 +239,7 @@ def test_training_measures_backend_parity(tiny_run):
     assert classifier.parity_["onnx-int8"]["agreement"] == metrics["parity/onnx-int8/agreement"]
 
 
+@pytest.mark.slow
 def test_backend_below_parity_is_refused_unless_forced_and_auto_skips_it(tiny_run, tmp_path, monkeypatch, capsys):
     from train.models.base import TextClassifier
 
@@ -262,6 +272,7 @@ def test_backend_below_parity_is_refused_unless_forced_and_auto_skips_it(tiny_ru
     assert TextClassifier.load(folder / "artifacts" / "classifier").set_backend("auto") == "onnx"
 
 
+@pytest.mark.slow
 def test_model_without_parity_figures_keeps_its_backend_under_auto(tiny_run):
     """A transformer without parity figures (one pickled before they existed: the legacy loader gives it
     none): auto keeps its configured backend, and every backend may still be chosen by name."""

@@ -86,6 +86,7 @@ def test_evaluate_prints_rounded_metrics(registry):
     assert all(round(v, 4) == v for v in report["metrics"].values())
 
 
+@pytest.mark.slow
 def test_oversize_body_is_read_by_any_client(server):
     """urllib sends the whole body before it reads: the 413 must reach it, not a broken pipe."""
     body = json.dumps({"text": "x" * 3_000_000}).encode()
@@ -95,6 +96,7 @@ def test_oversize_body_is_read_by_any_client(server):
     assert answer.value.code == 413
 
 
+@pytest.mark.slow
 def test_docs_assets_are_served_locally(server):
     import httpx
 

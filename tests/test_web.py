@@ -7,6 +7,8 @@ import pytest
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 
 def ensure_chromium() -> None:
     """Skip with the reason when the browser is absent; ``make test`` installs it (``make browser``)."""
