@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-from conftest import ADMIN, ADMIN_TOKEN, TRAIN_FILE, free_port, invoke, read_jsonl, wait_ready
+from conftest import ADMIN, ADMIN_TOKEN, TRAIN_FILE, free_port, invoke, read_jsonl, run_main, wait_ready
 
 from train.domain import TOPIC_LABELS
 from train.errors import TaggerError
@@ -162,6 +162,9 @@ def test_reload_swaps_models(server):
     assert r.status_code == 200 and r.json()["status"] == "reloaded"
 
 
+SLOW = pytest.mark.slow  # a real tagger serve process
+
+
 @pytest.mark.parametrize(
     ("store", "args", "message"),
     [
@@ -169,27 +172,37 @@ def test_reload_swaps_models(server):
         ("empty", ["--topic-model", "runs:/0123456789abcdef0123456789abcdef/model"], "cannot load"),
         ("empty", ["--topic-model", "{tmp_path}"], "not an MLflow model folder (no MLmodel file)"),
         ("empty", ["--stance-model", "nonsense"], "not a run id, models:/ or runs:/ URI, or a model folder"),
-        ("http://127.0.0.1:{port}", [], "tracking store http://127.0.0.1:{port} cannot be reached"),
-        ("postgresql://tagger:secret@127.0.0.1:{port}/mlflow", [], "postgresql://tagger:***@127.0.0.1:{port}/mlflow"),
+        pytest.param(
+            "http://127.0.0.1:{port}", [], "tracking store http://127.0.0.1:{port} cannot be reached", marks=SLOW
+        ),
+        pytest.param(
+            "postgresql://tagger:secret@127.0.0.1:{port}/mlflow",
+            [],
+            "postgresql://tagger:***@127.0.0.1:{port}/mlflow",
+            marks=SLOW,
+        ),
     ],
 )
-@pytest.mark.slow
-def test_serve_start_up_errors_are_one_clear_line(tmp_path, store, args, message):
-    """No champion, a missing or broken model URI, an unreachable store: exit 2 with the reason, no traceback."""
+def test_serve_start_up_errors_are_one_clear_line(tmp_path, monkeypatch, capsys, store, args, message):
+    """No champion, a missing or broken model URI, an unreachable store: exit 2 with the reason, no traceback.
+
+    The model errors run in-process (a start-up each costs seconds); the store errors in a real ``tagger serve``."""
     port = free_port()  # nothing listens there
     store_uri = f"sqlite:///{tmp_path / 'empty.db'}" if store == "empty" else store.format(port=port)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri, "TAGGER_HOME": str(tmp_path)}
-    args = [a.format(tmp_path=tmp_path) for a in args]
-    proc = subprocess.run(
-        [sys.executable, "-m", "train.cli", "serve", "--port", str(free_port()), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert message.format(port=port) in proc.stderr
-    assert "Traceback" not in proc.stderr and "secret" not in proc.stderr
+    args = ["serve", "--port", str(free_port()), *[a.format(tmp_path=tmp_path) for a in args]]
+    if store == "empty":
+        monkeypatch.setenv("TAGGER_HOME", str(tmp_path))
+        code, lines = run_main(monkeypatch, capsys, *args, store=store_uri)
+        stderr = "\n".join(lines)
+    else:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri, "TAGGER_HOME": str(tmp_path)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "train.cli", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+        code, stderr = proc.returncode, proc.stderr
+    assert code == 2, stderr
+    assert message.format(port=port) in stderr
+    assert "Traceback" not in stderr and "secret" not in stderr
 
 
 @pytest.mark.slow

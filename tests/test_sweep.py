@@ -216,7 +216,8 @@ def _open_at_once(url: str, ours: bool, barrier, results) -> None:
 @pytest.mark.slow
 def test_a_sweep_opens_a_new_storage_while_other_optuna_clients_create_it(tmp_path):
     """Plain Optuna clients (a script, a dashboard) creating the schema at the same moment do not fail a sweep."""
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")  # each worker forks from one process that imported
+    context.set_forkserver_preload([_open_at_once.__module__, "train.training.sweep"])  # once (spawn: 6 times)
     for attempt in range(2):  # without the retry, a sweep lost this race at least once in 2 on 2 cores
         url = f"sqlite:///{tmp_path / f'race{attempt}.db'}"
         barrier, results = context.Barrier(6), context.Queue()
