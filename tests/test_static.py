@@ -9,16 +9,24 @@ pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def static(tiny_encoder, tmp_path_factory):
-    return distilled_model(tiny_encoder, 16, tmp_path_factory.mktemp("static-cache"))
+def static_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("static-cache")
 
 
-def test_distilled_model_is_cached_once(static, tiny_encoder, tmp_path):
-    first = distilled_model(tiny_encoder, 16, tmp_path)
-    made = sorted(p.name for p in tmp_path.iterdir())
-    again = distilled_model(tiny_encoder, 16, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == made and len(made) == 1  # no staging folder left
-    assert np.array_equal(np.asarray(first.embedding), np.asarray(again.embedding))
+@pytest.fixture(scope="module")
+def static(tiny_encoder, static_cache):
+    """Distilled once into an empty cache (a distillation takes seconds: the tests share it)."""
+    return distilled_model(tiny_encoder, 16, static_cache)
+
+
+def test_distilled_model_is_cached_once(static, tiny_encoder, static_cache):
+    made = sorted(p.name for p in static_cache.iterdir())
+    assert len(made) == 1 and not made[0].startswith(".")  # the model's folder, no staging folder left
+    changed = static_cache.stat().st_mtime_ns
+    again = distilled_model(tiny_encoder, 16, static_cache)
+    assert static_cache.stat().st_mtime_ns == changed  # read, not distilled again (no staging folder came and went)
+    assert sorted(p.name for p in static_cache.iterdir()) == made
+    assert np.array_equal(np.asarray(static.embedding), np.asarray(again.embedding))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
