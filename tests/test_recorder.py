@@ -6,6 +6,7 @@ behaviour is covered by the workflow tests against real stores (test_train_e2e, 
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -123,6 +124,12 @@ def test_train_records_through_any_recorder(small_train, no_mlflow_store):
     assert run.params["model.family"] == "tfidf_logreg" and "dev/f1_macro" in run.metrics
     assert {"summary.json", "config.yaml", "environment.json"} <= set(run.artifacts)
     assert any(name.startswith("reports/") for name in run.artifacts)
+    # headline metrics only; the per-label figures are a table (and in the set's metrics JSON)
+    assert set(run.metrics) >= {"dev/f1_macro", "dev/f1_micro", "dev/hamming_loss"}
+    assert not [name for name in run.metrics if "security" in name or "subset_accuracy" in name]
+    table = json.loads(run.artifacts["reports/dev_per_label.json"])
+    assert table["columns"] == ["label", "precision", "recall", "f1", "support"]
+    assert [row[0] for row in table["data"]] == config.task.labels
     assert [context for _, context, _ in run.datasets] == ["train", "dev"]
     assert len(run.models) == 1 and run.models[0].labels == config.task.labels
     assert "tfidf_logreg" in run.note and "thresholds" in run.tags
@@ -140,6 +147,10 @@ def test_cv_records_a_parent_and_fold_children_through_any_recorder(small_train,
     folds = recorder.children(parent_id)
     assert parent.status == FINISHED and parent.tags["tagger.cv"] == "parent" and parent.params["cv.folds"] == "3"
     assert sorted(run.tags["tagger.cv_fold"] for run in folds) == ["0.0", "0.1", "0.2"]
+    assert sorted(run.name for run in folds) == ["fold 1/3", "fold 2/3", "fold 3/3"]  # as the log says
+    mean, std = parent.metrics["cv/f1_macro_mean"][0][1], parent.metrics["cv/f1_macro_std"][0][1]
+    assert f"f1_macro {mean:.3f} ± {std:.3f}" in parent.note
+    assert not [name for run in (parent, *folds) for name in run.metrics if "security" in name]
     assert all(run.status == FINISHED and "validation/f1_macro" in run.metrics for run in folds)
     assert "cv/f1_macro_mean" in parent.metrics and parent.models == []
     assert {"config.yaml", "cv_summary.json", "oof_predictions.csv"} <= set(parent.artifacts)

@@ -114,3 +114,33 @@ def bootstrap_cis(
         low, high = np.quantile(metric(G, P), [alpha, 1 - alpha])
         intervals[name] = (float(low), float(high))
     return intervals
+
+
+# What a run logs as top-level metrics (columns in the tracking UI): each set's headline figures and
+# the interval of its macro F1. Per-label figures, subset accuracy and the other intervals stay in the
+# set's metrics JSON and per-label table (``per_label_table``), so an experiment has about 20 columns.
+LOGGED = frozenset({"f1_macro", "f1_macro_ci_low", "f1_macro_ci_high", "f1_micro", "accuracy", "f_avg", "hamming_loss"})
+
+
+def logged(metrics: dict[str, float]) -> dict[str, float]:
+    """The finite headline entries of a set's ``metrics`` (names without the set prefix; a corpus prefix
+    such as ``<corpus>/f1_macro`` is kept), the ones logged as top-level metrics."""
+    return {k: v for k, v in metrics.items() if k.rsplit("/", 1)[-1] in LOGGED and np.isfinite(v)}
+
+
+def logged_summary(summary: dict[str, float]) -> dict[str, float]:
+    """The finite ``cv/<headline>_mean`` and ``_std`` entries of a CV summary (``cv/<metric>_mean``, ...)."""
+    return {
+        k: v
+        for k, v in summary.items()
+        if k.rsplit("/", 1)[-1].removesuffix("_mean").removesuffix("_std") in LOGGED and np.isfinite(v)
+    }
+
+
+def per_label_table(metrics: dict[str, float], labels: list[str]):
+    """One row per label: precision, recall, F1 and support from a set's ``metrics`` (a DataFrame)."""
+    import pandas as pd
+
+    figures = ("precision", "recall", "f1", "support")
+    rows = [{"label": label, **{f: metrics.get(f"{f}_{safe_name(label)}") for f in figures}} for label in labels]
+    return pd.DataFrame(rows, columns=["label", *figures])

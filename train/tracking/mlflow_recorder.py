@@ -58,6 +58,13 @@ class MlflowRun(Run):
             client = mlflow.MlflowClient()
             (client.log_artifacts if path.is_dir() else client.log_artifact)(self.id, str(path), folder)
 
+    def log_table(self, frame: Any, artifact_file: str) -> None:
+        # MLflow's own table artifact: the UI lists it among the run's tables (tag mlflow.loggedArtifacts)
+        if self._active():
+            mlflow.log_table(frame, artifact_file)
+        else:
+            mlflow.MlflowClient().log_table(self.id, frame, artifact_file)
+
     def log_dataset(self, frame: Any, *, source: str, name: str, context: str) -> None:
         self._require_active("a dataset")
         dataset = mlflow.data.from_pandas(frame, source=source, name=name)

@@ -1,7 +1,7 @@
 """The one seam between the workflows (train, cv, sweep) and experiment tracking.
 
 A ``Recorder`` opens runs; a ``Run`` takes params, metrics (with a step), tags, a note, artifacts
-(files and folders), dataset inputs and the model. ``Recorder.run`` is the one place a run is closed:
+(files, folders and tables), dataset inputs and the model. ``Recorder.run`` is the one place a run is closed:
 FINISHED when its block ends, FAILED on an error, KILLED when the process is interrupted, and its
 work folder removed. ``report`` sends metrics to the innermost open run, whatever the recorder, so
 a model family reports learning curves without knowing how they are tracked.
@@ -50,6 +50,19 @@ class Run(ABC):
     @abstractmethod
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         """A file, or a folder's files, under ``folder`` (the run's root when None)."""
+
+    def log_table(self, frame: Any, artifact_file: str) -> None:
+        """A table (a DataFrame) as the JSON artifact ``artifact_file`` (``{"columns": [...], "data": [...]}``)."""
+        import json
+
+        folder = Path(tempfile.mkdtemp(prefix="tagger-table-"))
+        try:
+            path = folder / Path(artifact_file).name
+            table = frame.to_dict(orient="split")
+            path.write_text(json.dumps({"columns": table["columns"], "data": table["data"]}), encoding="utf-8")
+            self.log_artifact(path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     @abstractmethod
     def log_dataset(self, frame: Any, *, source: str, name: str, context: str) -> None:

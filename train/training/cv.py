@@ -26,7 +26,7 @@ from train.data.folds import grouped_stratified_folds
 from train.data.loading import LabelledData
 from train.errors import TaggerError
 from train.evaluation.evaluate import score_table
-from train.evaluation.metrics import multiclass_metrics, multilabel_metrics
+from train.evaluation.metrics import logged, logged_summary, multiclass_metrics, multilabel_metrics
 from train.models.base import TextClassifier
 from train.models.decision import apply_offsets, best_offsets, best_thresholds
 from train.registry import build_model
@@ -195,7 +195,7 @@ def cross_validate(
         fold_metrics = score_folds(config, plan, oof, done)
         _log_fold_metrics(recorder, children, fold_metrics)
         summary = summarize(fold_metrics)
-        parent.log_metrics({k: v for k, v in summary.items() if np.isfinite(v)})
+        parent.log_metrics(logged_summary(summary))  # every metric's mean and std: cv_summary.json
         _write_oof(workdir, data, labels, oof.mean(axis=0))
 
         with step(f"final model on all {len(data)} sentences"):
@@ -204,15 +204,16 @@ def cross_validate(
             final.set_decision(oof.mean(axis=0), plan.Y, config.decision.objective, config.decision.tune)
         seen = {label for value in data.labels for label in (value if isinstance(value, list) else [value])}
         results = evaluate_all(parent, config, final, list(prepared.eval_sets.items()), seen, workdir)
-        headline = {k: summary.get(f"cv/{k}_mean") for k in ("f1_macro", "f1_micro", "accuracy", "f_avg")}
-        lines = [f"cv {folds}x{repeats}: " + ", ".join(f"{k} {v:.3f}" for k, v in headline.items() if v)]
+        headline = [k for k in ("f1_macro", "f1_micro", "accuracy", "f_avg") if f"cv/{k}_mean" in summary]
+        means = ", ".join(f"{k} {summary[f'cv/{k}_mean']:.3f} ± {summary[f'cv/{k}_std']:.3f}" for k in headline)
+        lines = [f"cv {folds}x{repeats} (mean ± std over folds): {means}"]
         if results:
             lines.append(score_table(results))
         log.info("scores of CV run %s:\n%s", parent.id, "\n".join(lines))
         parent.set_note("```\n" + "\n".join(lines) + "\n```")
         (workdir / "config.yaml").write_text(dump_config(config), encoding="utf-8")
         (workdir / "cv_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        finish_run(parent, config, final, X, ("config.yaml", "cv_summary.json", "oof_predictions.csv"))
+        finish_run(parent, config, final, X, ("config.yaml", "cv_summary.json", "oof_predictions.csv"), results)
     return parent.id
 
 
@@ -224,7 +225,8 @@ def _fold_run(parent: Run, config: Config, plan: FoldPlan, r: int, k: int, oof: 
         "task": config.task.name,
         "model_family": config.model.family,
     }  # the recorder adds the process's tags: a fold left RUNNING by kill -9 is marked KILLED like its parent
-    with parent.child(f"fold {r}.{k}", tags) as child:
+    name = f"fold {k + 1}/{plan.folds}" + (f" (repeat {r + 1}/{plan.repeats})" if plan.repeats > 1 else "")
+    with parent.child(name, tags) as child:
         held = plan.held_out(r, k)
         oof[r, held], seconds = fit_fold(config, plan, r, k)
         sizes = {"train_size": int((~held).sum()), "validation_size": int(held.sum())}
@@ -233,10 +235,10 @@ def _fold_run(parent: Run, config: Config, plan: FoldPlan, r: int, k: int, oof: 
 
 
 def _log_fold_metrics(recorder: Recorder, children: list[str], fold_metrics: list[dict]) -> None:
-    """Each fold's held-out metrics, as ``validation/<metric>`` on its (ended) nested run."""
+    """Each fold's held-out headline metrics, as ``validation/<metric>`` on its (ended) nested run."""
     for run_id, metrics in zip(children, fold_metrics, strict=True):
         child = recorder.attach(run_id)
-        child.log_metrics({f"validation/{name}": float(v) for name, v in metrics.items() if np.isfinite(v)})
+        child.log_metrics({f"validation/{name}": float(v) for name, v in logged(metrics).items()})
 
 
 def _write_oof(workdir: Path, data: LabelledData, labels: list[str], proba: np.ndarray) -> None:

@@ -20,6 +20,7 @@ from train.data.loading import LabelledData, load_for
 from train.data.split import train_dev_split
 from train.errors import TaggerError
 from train.evaluation.evaluate import EvalResult, evaluate, score_table
+from train.evaluation.metrics import logged, per_label_table
 from train.models.base import TextClassifier
 from train.registry import build_model
 from train.tracking import store
@@ -206,13 +207,21 @@ def train(config: Config, recorder: Recorder | None = None, *, config_path: str 
         # the run's description in the tracking UI: the headline scores, readable without picking columns
         run.set_note(f"{config.model.family} ({confidence})\n\n```\n{table}\n```")
         write_run_files(config, run, run_name, prepared, results, workdir)
-        finish_run(run, config, model, train_part.inputs, ("summary.json", "config.yaml", "environment.json"))
+        finish_run(run, config, model, train_part.inputs, ("summary.json", "config.yaml", "environment.json"), results)
     return run.id
 
 
-def finish_run(run: Run, config: Config, model: TextClassifier, example: pd.DataFrame, files: tuple[str, ...]) -> None:
+def finish_run(
+    run: Run,
+    config: Config,
+    model: TextClassifier,
+    example: pd.DataFrame,
+    files: tuple[str, ...],
+    results: list[EvalResult] = (),
+) -> None:
     """The end of a run that made a model (train, and the final model of cv): the model (unless
-    ``tracking.log_model`` is off), the reports and ``files`` from the run's work folder, the decision tags.
+    ``tracking.log_model`` is off), the reports and ``files`` from the run's work folder, each evaluated
+    set's per-label table (``reports/<set>_per_label.json``), the decision tags.
     Artifacts go up together at the end: a failed run leaves no partial reports."""
     workdir = run.workdir
     if config.tracking.log_model:
@@ -222,6 +231,8 @@ def finish_run(run: Run, config: Config, model: TextClassifier, example: pd.Data
         run.log_artifact(workdir / "reports", "reports")
     for name in files:
         run.log_artifact(workdir / name)
+    for result in results:
+        run.log_table(per_label_table(result.metrics, result.labels), f"reports/{result.name}_per_label.json")
     run.set_tags({name: json.dumps(values) for name, values in model.decision_info().items()})
 
 
@@ -292,7 +303,8 @@ def evaluate_all(
     train_labels: set,
     workdir: Path,
 ) -> list[EvalResult]:
-    """Evaluate on each named part, log ``<part>/<metric>`` and write its reports under ``workdir``."""
+    """Evaluate on each named part, log its headline ``<part>/<metric>`` (``metrics.logged``) and write
+    its reports, with every metric, under ``workdir``."""
     results = []
     for name, part in parts:
         result = evaluate(
@@ -307,7 +319,7 @@ def evaluate_all(
         for warning in result.warnings:
             log.warning(warning)
         results.append(result)
-        run.log_metrics({f"{name}/{k}": v for k, v in result.metrics.items() if np.isfinite(v)})
+        run.log_metrics({f"{name}/{k}": v for k, v in logged(result.metrics).items()})
         result.write(workdir / "reports")
     return results
 

@@ -41,6 +41,7 @@ from optuna.trial import TrialState
 
 from train.config import PROJECT_ROOT, Config, apply_overrides, dump_config, name_problem
 from train.errors import TaggerError
+from train.evaluation.metrics import logged_summary
 from train.inputs import check_writable_folder
 from train.registry import build_model
 from train.tracking import store
@@ -487,7 +488,7 @@ class TrialObjective:
                     break
             run.set_tags({"optuna.state": "PRUNED" if pruned else "COMPLETE"})
             if not pruned:
-                run.log_metrics({k: v for k, v in summary.items() if np.isfinite(v)})
+                run.log_metrics(logged_summary(summary))  # the headline cv/ means and stds
         if pruned:
             log.info("trial %d pruned after fold %d: %.4f (%s)", trial.number, index + 1, running, json.dumps(values))
             raise optuna.TrialPruned()
