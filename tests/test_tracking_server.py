@@ -17,7 +17,7 @@ import time
 import httpx
 import mlflow
 import pytest
-from conftest import ROOT, free_port, read_jsonl, wait_ready, write_jsonl
+from conftest import ROOT, free_port, invoke, read_jsonl, wait_ready, write_jsonl
 
 SCRIPT = ROOT / "scripts" / "tracking_server.sh"
 QUICK = ["--set", "evaluation.bootstrap_samples=0", "--set", "model.params.char_ngram_range=null"]
@@ -92,7 +92,7 @@ def ok(done: subprocess.CompletedProcess) -> str:
     return done.stdout
 
 
-def test_train_runs_promote_tag_and_serve_against_the_server(stack, data, tmp_path):
+def test_train_runs_promote_tag_and_serve_against_the_server(stack, data, tmp_path, monkeypatch):
     ids = {}
     for task in ("topic", "stance"):
         out = ok(
@@ -100,10 +100,13 @@ def test_train_runs_promote_tag_and_serve_against_the_server(stack, data, tmp_pa
         )
         ids[task] = out.strip()  # stdout is the run id alone (MLflow's run links are kept off it)
         assert len(ids[task]) == 32, out
-    assert ids["topic"] in ok(tagger(stack, tmp_path, "runs", "--task", "topic"))
+    # runs, promote and tag in this process (a start-up each costs seconds); serve below is a process again
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.uri)
+    monkeypatch.setenv("TAGGER_HOME", str(tmp_path))
+    assert ids["topic"] in invoke("runs", "--task", "topic").stdout
     for task in ("topic", "stance"):
-        assert "@champion" in ok(tagger(stack, tmp_path, "promote", "--task", task))
-    tagged = ok(tagger(stack, tmp_path, "tag", "Iran and Iraq signed a gas supply deal.", "--json"))
+        assert "@champion" in invoke("promote", "--task", task).stdout
+    tagged = invoke("tag", "Iran and Iraq signed a gas supply deal.", "--json").stdout
     row = json.loads(tagged.splitlines()[0])
     assert {"topics", "stance", "topic_scores", "stance_scores"} <= set(row)
     # the run's artifacts went through the server (proxied), not to a local folder
