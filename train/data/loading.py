@@ -221,8 +221,15 @@ def load_labelled(
     default_target: str | None = None,
     require_labels: bool = True,
     max_text_chars: int | None = None,
+    key: str = "columns",
+    inherited: str = "",
 ) -> LabelledData:
-    """Read and check a labelled file; map its columns and labels onto the task's schema."""
+    """Read and check a labelled file; map its columns and labels onto the task's schema.
+
+    ``key``: the config key of ``columns`` that errors name (``data.columns``, ``evaluation.sets[0].columns``);
+    ``inherited``: why the mapping came from elsewhere, said in a missing column's error.
+    Every mapped column must exist (``group`` included); only the default ``id`` may be absent.
+    """
     path = Path(path)
     frame, lines = read_table(path, fmt, encoding)
     label_map = {str(k): v for k, v in (label_map or {}).items()}
@@ -238,14 +245,20 @@ def load_labelled(
         needed["target"] = columns.target
     if require_labels:
         needed.update({f"labels[{i}]": c for i, c in enumerate(label_columns)})
+    if columns.group:
+        needed["group"] = columns.group
     for role, column in needed.items():
         if column not in frame.columns:
-            key = "labels" if role.startswith("labels") else role
-            hint = " (or columns.id: null to use line numbers as ids)" if role == "id" else ""
+            field_name = f"{key}.{'labels' if role.startswith('labels') else role}"
+            hint = {
+                "id": f" (or {key}.id: null to use line numbers as ids)",
+                "group": f" (or {key}.group: null if its sentences do not come in documents)",
+            }.get(role, "")
             if len(frame.columns) == 1 and any(sep in str(frame.columns[0]) for sep in "\t;|"):
                 hint += "; the file seems to use another delimiter (set format: tsv for tab-separated files)"
             raise TaggerError(
-                f"{path}: missing column '{column}' ({_columns_found(frame.columns)}); map it with columns.{key}{hint}"
+                f"{path}: missing column '{column}' ({_columns_found(frame.columns)}); "
+                f"{inherited}map it with {field_name}{hint}"
             )
 
     def where(i: int, record_id=None) -> str:
@@ -318,7 +331,9 @@ def load_labelled(
                 value = to_schema(raw_labels[0], i, record_id)
         else:  # one binary column per label
             value = [to_schema(c, i, record_id) for c in label_columns if bool(frame[c].iloc[i])]
-        group = frame[columns.group].iloc[i] if columns.group and columns.group in frame.columns else None
+        group = frame[columns.group].iloc[i] if columns.group else None
+        if isinstance(group, float) and np.isnan(group):  # an empty CSV cell: no document
+            group = None
         records.append(
             {
                 "id": record_id,
@@ -336,6 +351,14 @@ def load_for(config, eval_set=None, require_labels: bool = True) -> LabelledData
     """Load the training file (or named corpora) of ``config``, or one of its evaluation sets."""
     source = eval_set or config.data
     columns = (eval_set.columns if eval_set and eval_set.columns else None) or config.data.columns
+    key, inherited = "data.columns", ""
+    if eval_set is not None:
+        index = next(i for i, s in enumerate(config.evaluation.sets) if s is eval_set)
+        key = f"evaluation.sets[{index}].columns"
+        if eval_set.columns is None:  # read with the training mapping, which may not fit this file
+            inherited = (
+                f"evaluation set '{eval_set.name}' has no columns of its own, so it was read with data.columns; "
+            )
 
     def pick(name):
         value = getattr(eval_set, name, None) if eval_set else None
@@ -354,6 +377,8 @@ def load_for(config, eval_set=None, require_labels: bool = True) -> LabelledData
             default_target=pick("default_target"),
             require_labels=require_labels,
             max_text_chars=config.data.max_text_chars,
+            key=key,
+            inherited=inherited,
         )
 
     if eval_set is None and isinstance(config.data.train, dict):
