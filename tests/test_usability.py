@@ -15,13 +15,15 @@ from train.config import load_config
 from train.errors import TaggerError
 
 
-def test_runs_table_shows_whole_ids_on_a_narrow_terminal(registry, capsys):
+def test_runs_table_shows_uncut_short_ids_on_a_narrow_terminal_and_whole_ones_wide(registry, capsys):
     from train.tracking.runs import list_runs, render_table
 
     table = list_runs("topic", "seeds/f1_macro")
     render_table(table, "seeds/f1_macro", width=80)
     out = capsys.readouterr().out
-    assert all(run_id in out for run_id in table["run_id"])
+    assert all(f" {run_id[:8]} " in f" {out} ".replace("\n", " \n ") for run_id in table["run_id"])
+    render_table(table, "seeds/f1_macro", width=200, wide=True)
+    assert all(run_id in capsys.readouterr().out for run_id in table["run_id"])
 
 
 def test_metric_typo_gets_a_suggestion(registry):

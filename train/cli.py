@@ -207,20 +207,27 @@ def evaluate(
 )
 @click.option("--experiment", default=None, help="Experiment name (default: tagger-<task>).")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1), help="How many runs to show.")
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines instead of a table (whole ids; null for missing).")
 @click.option(
     "--all", "every_status", is_flag=True, help="Also runs that are running, failed, killed or have no model."
 )
-def runs(task: str, metric: str, experiment: str | None, limit: int, as_json: bool, every_status: bool) -> None:
-    """List a task's finished runs that logged a model, best first by METRIC (--all: every run, with status)."""
-    from train.tracking.runs import list_runs, render_table
+@click.option("--wide", is_flag=True, help="Whole run ids, names and column names (the table is wider than 100).")
+def runs(
+    task: str, metric: str, experiment: str | None, limit: int, as_json: bool, every_status: bool, wide: bool
+) -> None:
+    """List a task's finished runs that logged a model, best first by METRIC (--all: every run, with status).
+
+    Run ids are shown as their shortest unique prefix (8 characters or more); every command that takes
+    a run id takes that prefix too.
+    """
+    from train.tracking.runs import json_rows, list_runs, render_table
 
     table = list_runs(task, metric, experiment, limit, every_status)
     if as_json:
-        for row in table.to_dict(orient="records"):
-            click.echo(json.dumps(row, default=str))
+        for row in json_rows(table):
+            click.echo(json.dumps(row, allow_nan=False, ensure_ascii=False))
     else:
-        render_table(table, metric)
+        render_table(table, metric, wide=wide)
 
 
 @cli.command()
@@ -233,7 +240,8 @@ def runs(task: str, metric: str, experiment: str | None, limit: int, as_json: bo
 )
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 def compare(run_a: str, run_b: str, set_name: str, metric: str, samples: int, as_json: bool) -> None:
-    """Paired comparison of RUN_B against RUN_A on one evaluation set: difference, interval, p-value."""
+    """Paired comparison of RUN_B against RUN_A (run ids or unique prefixes) on one evaluation set:
+    difference, interval, p-value. The first lines name A and B (id, run name, family)."""
     from train.evaluation.compare import compare_runs, render_comparison
 
     result = compare_runs(run_a, run_b, set_name, metric, samples)

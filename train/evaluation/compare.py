@@ -165,6 +165,7 @@ def _run_predictions(run_id: str, set_name: str) -> tuple[pd.DataFrame, dict]:
     from train.tracking import store
 
     store.setup()
+    run_id = store.resolve_run_id(run_id)  # a unique prefix, as 'tagger runs' shows it
     try:
         run = mlflow.get_run(run_id)
     except Exception:  # noqa: BLE001 - MLflow raises several types for an unknown id
@@ -173,7 +174,7 @@ def _run_predictions(run_id: str, set_name: str) -> tuple[pd.DataFrame, dict]:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"reports/{set_name}_predictions.csv")
     except Exception:  # noqa: BLE001
         raise TaggerError(f"run '{run_id}': has no predictions for set '{set_name}'") from None
-    return pd.read_csv(path, keep_default_na=False, dtype={"id": str}), run.data.tags
+    return pd.read_csv(path, keep_default_na=False, dtype={"id": str}), {**run.data.tags, "tagger.run_id": run_id}
 
 
 def check_same_data(set_name: str, tags_a: dict, tags_b: dict, ids_a: list, ids_b: list) -> None:
@@ -218,8 +219,23 @@ def compare_runs(
         samples,
         set_name=set_name,
     )
-    result.extra = {"run_a": run_a, "run_b": run_b}
+    result.extra = {
+        "run_a": tags_a["tagger.run_id"],
+        "run_b": tags_b["tagger.run_id"],
+        "runs": {side: run_label(tags) for side, tags in (("a", tags_a), ("b", tags_b))},
+    }
     return result
+
+
+def run_label(tags: dict) -> dict:
+    """Who a side of the comparison is: short id, run name, family and config (from the run's tags)."""
+    from train.tracking.store import SHORT_ID
+
+    return {
+        "id": tags["tagger.run_id"][:SHORT_ID],
+        "name": tags.get("mlflow.runName", ""),
+        "family": tags.get("model_family", ""),
+    }
 
 
 def render_comparison(result: Comparison) -> str:
@@ -237,4 +253,8 @@ def render_comparison(result: Comparison) -> str:
         f"exact match, McNemar: only A right {m['only_a_right']}, only B right {m['only_b_right']}, p = {m['p_value']}"
     )
     lines.insert(0, f"{result.set_name}: {result.n} sentences, {result.samples} paired bootstrap resamples (B - A)")
+    for side in ("b", "a"):  # which run is A and which is B, above the table
+        run = result.extra.get("runs", {}).get(side)
+        if run:
+            lines.insert(0, f"{side.upper()}: {run['id']}  {run['name']}  ({run['family'] or 'family unknown'})")
     return "\n".join(lines)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import threading
 from pathlib import Path
@@ -29,6 +28,7 @@ from train.errors import TaggerError
 from train.models import legacy
 from train.models.base import TextClassifier
 from train.outputs import classifier_frame, model_inputs, score_pair, tag_frame
+from train.tracking.store import RUN_ID, RUN_ID_PREFIX, resolve_run_id
 
 ARTIFACT_KEY = "classifier"
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # python_model of a one-task model
@@ -127,11 +127,8 @@ def is_legacy_folder(folder: Path) -> bool:
     return pickled or any(legacy.is_pickled(a) for a in artifacts.values())
 
 
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
 def model_uri(reference: str) -> str:
-    """A run id, ``runs:/``/``models:/`` URI or local folder → an MLflow model URI.
+    """A run id (or its unique prefix), ``runs:/``/``models:/`` URI or local folder → an MLflow model URI.
 
     A model of an older tagger is a pickle: loading it runs its code. So models come only from the
     configured tracking store (run ids, ``runs:/``, ``models:/``) or from a local model folder the user
@@ -143,7 +140,13 @@ def model_uri(reference: str) -> str:
         if any(part in ("..", ".") for part in parts):
             raise TaggerError(f"model '{reference}': '..' and '.' are not allowed in a model URI")
         if scheme == "runs" and not RUN_ID.match(parts[0]):
-            raise TaggerError(f"model '{reference}': expected runs:/<32-character run id>/<artifact path>")
+            if not RUN_ID_PREFIX.match(parts[0]):
+                raise TaggerError(
+                    f"model '{reference}': expected runs:/<32-character run id, or its unique prefix of 8 or more>"
+                    "/<artifact path>"
+                )
+            run_id = resolve_run_id(parts[0])  # a unique prefix, as 'tagger runs' shows it
+            return f"runs:/{run_id}/" + "/".join(parts[1:])
         return reference
     if "://" in reference:
         raise TaggerError(
@@ -157,8 +160,8 @@ def model_uri(reference: str) -> str:
         if not path.is_dir() or not (path / "MLmodel").is_file():
             raise TaggerError(f"{path}: not an MLflow model folder (no MLmodel file)")
         return str(path.resolve())
-    if RUN_ID.match(reference):
-        return f"runs:/{reference}/model"
+    if RUN_ID_PREFIX.match(reference):  # a whole run id, or a unique prefix of one (as 'tagger runs' shows)
+        return f"runs:/{resolve_run_id(reference)}/model"
     raise TaggerError(f"model '{reference}': not a run id, models:/ or runs:/ URI, or a model folder")
 
 

@@ -142,21 +142,92 @@ def list_runs(
     if every_status:
         shown["status"] = frame["status"]
         shown["model"] = ((frame["status"] == "FINISHED") & has_model(frame)).map({True: "yes", False: "no"})
-    return pd.DataFrame(shown).head(limit).reset_index(drop=True)
+    table = pd.DataFrame(shown).head(limit).reset_index(drop=True)
+    everyone = frame if every_status else all_runs(name, task)  # short ids are unique among all the runs
+    table.attrs["known_ids"] = everyone["run_id"].tolist()
+    return table
 
 
-def render_table(table: pd.DataFrame, metric: str, width: int | None = None) -> None:
-    """Print the runs as a table; run ids are never cut (``width``: the console width, default the terminal's)."""
+def json_rows(table: pd.DataFrame) -> list[dict]:
+    """The rows of a runs table as JSON-ready dicts: a missing value is None (``null``), never NaN."""
+    rows = []
+    for row in table.astype(object).to_dict(orient="records"):
+        clean = {}
+        for key, value in row.items():
+            if hasattr(value, "item"):  # numpy scalars
+                value = value.item()
+            if isinstance(value, float) and value != value or value is pd.NaT or value is None:
+                value = None
+            elif isinstance(value, float) and value in (float("inf"), float("-inf")):
+                value = None
+            clean[str(key)] = value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+        rows.append(clean)
+    return rows
+
+
+def short_header(column: str) -> str:
+    """A column's header in the narrow table: ``validation/f1_macro`` -> ``valid``, ``dev/f1_macro`` -> ``dev``,
+    ``validation/f1_macro_ci`` -> ``valid CI``; columns it does not know keep their name."""
+    header = {"run_id": "run", "run_name": "name"}.get(column, column)
+    header = header.replace("/f1_macro", "").replace("validation", "valid")
+    return header[:-3] + " CI" if header.endswith("_ci") else header
+
+
+NAME_WIDTH = 22  # a run name longer than this is cut in the narrow table (``--wide``: whole)
+GIVE_WAY = ("run_name", "family")  # the columns the narrow table cuts to fit
+NARROW_DROPS = ("started",)  # left out of the narrow table (``--wide`` and ``--json`` have them)
+
+
+def narrow_view(table: pd.DataFrame, known_ids: list[str] | None = None) -> pd.DataFrame:
+    """The narrow table's cells: short run ids, each score beside its interval (``X`` and ``X_ci`` in one
+    column), no start time. Columns it does not know pass through unchanged."""
+    from train.tracking.store import short_ids
+
+    shown = table.drop(columns=[c for c in NARROW_DROPS if c in table.columns])
+    if "run_id" in shown.columns and len(shown):
+        shown["run_id"] = short_ids(shown["run_id"].astype(str).tolist(), known_ids or shown["run_id"].tolist())
+    for column in list(shown.columns):
+        if shown[column].dtype.kind == "f":  # 0.8 -> 0.8000: scores line up
+            shown[column] = [None if pd.isna(v) else f"{v:.4f}" for v in shown[column]]
+    for column in list(shown.columns):
+        companion = f"{column}_ci"
+        if companion in shown.columns:
+            shown[column] = [
+                " ".join(str(part) for part in (value, ci) if not pd.isna(part) and str(part) != "")
+                for value, ci in zip(shown[column], shown[companion], strict=True)
+            ]
+            shown = shown.drop(columns=[companion])
+    return shown
+
+
+def render_table(table: pd.DataFrame, metric: str, width: int | None = None, wide: bool = False) -> None:
+    """Print the runs as a table (``width``: the console width, default the terminal's).
+
+    Narrow (the default, fits 100 columns): short headers, each run id cut to its shortest unique prefix
+    of at least 8 characters (every command that takes a run id takes it), long run names cut.
+    ``wide``: whole ids, names and column names. Columns are rendered generically: any column a caller
+    adds is shown, its header shortened by ``short_header``.
+    """
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    out = Table(title=f"runs by {metric}")
-    for column in table.columns:
-        if column == "run_id":  # whole ids, never cut: they are what the other commands take
-            out.add_column("run_id", no_wrap=True, min_width=32)
-        else:
-            out.add_column(str(column), justify="right" if table[column].dtype.kind == "f" else "left")
-    for row in table.itertuples(index=False):
+    shown = table.copy()
+    if not wide:
+        shown = narrow_view(shown, table.attrs.get("known_ids"))
+    subject = "macro F1" if metric.endswith("f1_macro") else metric
+    title = f"runs by {metric}" if wide else f"runs by {metric} ({subject}; run: id prefix, any command takes it)"
+    out = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))  # columns 2 apart
+    for column in shown.columns:
+        header = str(column) if wide else short_header(str(column))
+        if column in GIVE_WAY and not wide:  # names give way (cut with …) so that the rest fits
+            out.add_column(header, overflow="ellipsis", max_width=NAME_WIDTH)
+        else:  # ids, scores and headers are never cut or folded
+            longest = max([len(header), *(len("" if pd.isna(v) else str(v)) for v in shown[column])])
+            was_float = column in table.columns and table[column].dtype.kind == "f"
+            right = was_float or str(column).startswith(metric)
+            out.add_column(header, justify="right" if right else "left", no_wrap=True, min_width=longest)
+    for row in shown.itertuples(index=False):
         out.add_row(*["" if pd.isna(v) else str(v) for v in row])
     # a pipe or CI log gets a wide table instead of one wrapped at 80 columns
     Console(width=width or (None if sys.stdout.isatty() else 200)).print(out)

@@ -398,3 +398,47 @@ def flatten(data: dict, prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = str(value)[:6000]
     return flat
+
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+RUN_ID_PREFIX = re.compile(r"^[0-9a-f]{8,32}$")
+SHORT_ID = 8  # the shortest run id prefix shown and accepted, as git's short hashes
+
+
+def resolve_run_id(reference: str) -> str:
+    """The whole run id that ``reference`` (a run id, or a unique prefix of at least 8 characters) names.
+
+    Every command that takes a run id resolves it here, so the short ids ``tagger runs`` prints work
+    everywhere. A prefix that matches no run, or several, is an error naming the candidates.
+    """
+    if RUN_ID.match(reference):
+        return reference
+    if not RUN_ID_PREFIX.match(reference):
+        raise TaggerError(f"run '{reference}': not a run id (32 hex characters, or a unique prefix of at least 8)")
+    if not mlflow.is_tracking_uri_set():
+        setup()
+    client = mlflow.MlflowClient()
+    from mlflow.entities import ViewType
+
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    match = f"attributes.run_id LIKE '{reference}%'"
+    found = client.search_runs(experiments, match, run_view_type=ViewType.ALL, max_results=5) if experiments else []
+    if not found:
+        raise TaggerError(f"run '{reference}': no run id starts with it in {redact(mlflow.get_tracking_uri())}")
+    if len(found) > 1:
+        names = ", ".join(run.info.run_id for run in found)
+        raise TaggerError(f"run '{reference}': several run ids start with it ({names}); give more characters")
+    return found[0].info.run_id
+
+
+def short_ids(run_ids: list[str], known: list[str] | None = None) -> list[str]:
+    """Each run id cut to its shortest unique prefix (at least ``SHORT_ID`` characters) among ``known``
+    (default: ``run_ids`` themselves), as git shortens commit hashes."""
+    others = sorted(set(known if known is not None else run_ids) | set(run_ids))
+    shortened = []
+    for run_id in run_ids:
+        length = SHORT_ID
+        while length < len(run_id) and any(o != run_id and o.startswith(run_id[:length]) for o in others):
+            length += 1
+        shortened.append(run_id[:length])
+    return shortened
