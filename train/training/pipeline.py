@@ -16,6 +16,7 @@ import pandas as pd
 
 from train.config import Config, dump_config
 from train.data import leakage
+from train.data.folds import grouped_stratified_folds
 from train.data.loading import LabelledData, load_for
 from train.data.split import train_dev_split
 from train.errors import TaggerError
@@ -187,21 +188,28 @@ def train(config: Config, recorder: Recorder | None = None, *, config_path: str 
                 dev_part.labels,
                 sample_weight=train_part.sample_weights(config.data.weights),
             )
-            model.set_decision(
-                model.predict_proba(dev_part.inputs),
-                model.encode(dev_part.labels),
-                config.decision.objective,
-                config.decision.tune,
-            )
+            dev_proba, dev_gold = model.predict_proba(dev_part.inputs), model.encode(dev_part.labels)
+            dev_predicted = cross_fitted_decisions(config, model, dev_part, dev_proba)
+            # the decision the model ships with: tuned on the whole dev set
+            model.set_decision(dev_proba, dev_gold, config.decision.objective, config.decision.tune)
             run.log_metrics({"train_seconds": time.perf_counter() - start})
             run.log_metrics(model.model_info())
         if len(model.backends) > 1:
             check_parity(run, model, [dev_part, *eval_sets.values()])
         with step("evaluating"):
-            corpora = [(f"dev_{n}", dev_part.subset(dev_part.frame["corpus"] == n)) for n in dev_part.corpora]
-            parts = [("dev", dev_part), *[c for c in corpora if len(c[1])], *eval_sets.items()]
-            results = evaluate_all(run, config, model, parts, train_labels, workdir)
+            corpora = [(f"dev_{n}", dev_part.frame["corpus"].to_numpy() == n) for n in dev_part.corpora]
+            corpora = [(name, rows) for name, rows in corpora if rows.any()]
+            parts = [("dev", dev_part), *[(name, dev_part.subset(rows)) for name, rows in corpora], *eval_sets.items()]
+            predicted = None
+            if dev_predicted is not None:  # dev and its corpora are scored with the cross-fitted decisions
+                predicted = {"dev": dev_predicted}
+                predicted.update({name: [dev_predicted[i] for i in np.flatnonzero(rows)] for name, rows in corpora})
+            results = evaluate_all(run, config, model, parts, train_labels, workdir, predicted)
         confidence = f"{config.evaluation.confidence:.0%} bootstrap intervals"
+        dev_scoring = "cross-fitted" if dev_predicted is not None else "untuned"
+        run.set_tags({DEV_SCORING_TAG: dev_scoring})
+        if dev_predicted is not None:
+            confidence += "; dev decided by thresholds/offsets tuned on the other half of dev"
         table = score_table(results)
         log.info("scores of run %s (%s):\n%s", run.id, confidence, table)
         # the run's description in the tracking UI: the headline scores, readable without picking columns
@@ -234,6 +242,43 @@ def finish_run(
     for result in results:
         run.log_table(per_label_table(result.metrics, result.labels), f"reports/{result.name}_per_label.json")
     run.set_tags({name: json.dumps(values) for name, values in model.decision_info().items()})
+
+
+DEV_SCORING_TAG = "tagger.dev_scoring"  # how dev/* was scored: "cross-fitted" or "untuned"
+
+
+def dev_halves(config: Config, model: TextClassifier, dev: LabelledData) -> np.ndarray:
+    """0 or 1 for each dev sentence: whole documents where ``split.group_by_column``, every label
+    balanced between the halves where ``split.stratify`` (as the train/dev split)."""
+    Y = model.encode(dev.labels)
+    onehot = Y if model.multilabel else np.eye(len(model.labels), dtype=int)[Y]
+    strata = onehot if config.split.stratify else np.zeros((len(dev), 1))
+    groups = dev.frame["group"]
+    use_groups = config.split.group_by_column and groups.notna().all() and groups.nunique() >= 2
+    return grouped_stratified_folds(strata, groups.to_numpy() if use_groups else None, 2, config.split.seed)
+
+
+def cross_fitted_decisions(
+    config: Config, model: TextClassifier, dev: LabelledData, proba: np.ndarray, halves: np.ndarray | None = None
+) -> list | None:
+    """Dev labels decided so that no sentence is scored by a decision tuned on it: dev is halved
+    (``dev_halves``, unless given) and each half decided by thresholds or offsets tuned on the other
+    half. None with ``decision.tune: false`` (the untuned decision is honest as it is).
+
+    ``dev/*`` then estimates the shipped model, whose decision is tuned on all of dev, slightly
+    pessimistically (each half's decision saw half the sentences), instead of optimistically.
+    """
+    if not config.decision.tune:
+        return None
+    Y = model.encode(dev.labels)
+    halves = dev_halves(config, model, dev) if halves is None else halves
+    predicted: list = [None] * len(dev)
+    for half in (0, 1):
+        model.set_decision(proba[halves != half], Y[halves != half], config.decision.objective)
+        rows = np.flatnonzero(halves == half)
+        for i, value in zip(rows, model.decide(proba[rows]), strict=True):
+            predicted[i] = value
+    return predicted
 
 
 def check_parity(run: Run, model: TextClassifier, parts: list[LabelledData]) -> None:
@@ -302,9 +347,11 @@ def evaluate_all(
     parts: list[tuple[str, LabelledData]],
     train_labels: set,
     workdir: Path,
+    predicted: dict[str, list] | None = None,
 ) -> list[EvalResult]:
     """Evaluate on each named part, log its headline ``<part>/<metric>`` (``metrics.logged``) and write
-    its reports, with every metric, under ``workdir``."""
+    its reports, with every metric, under ``workdir``. ``predicted``: labels decided elsewhere, by part
+    name (dev's cross-fitted decisions); other parts use the model's decision."""
     results = []
     for name, part in parts:
         result = evaluate(
@@ -315,6 +362,7 @@ def evaluate_all(
             confidence=config.evaluation.confidence,
             seed=config.seed,
             train_labels=train_labels,
+            predicted=(predicted or {}).get(name),
         )
         for warning in result.warnings:
             log.warning(warning)
