@@ -99,7 +99,7 @@ train-configs:
 	@echo; $(TAGGER) runs --task topic --metric validation/f1_macro --limit 8
 	@$(TAGGER) runs --task stance --metric validation/f1_macro --limit 8
 	@case "$$MLFLOW_TRACKING_URI" in http*) echo "Open the MLflow UI at $$MLFLOW_TRACKING_URI";; \
-		*) echo "Open the MLflow UI with: make ui   (then http://127.0.0.1:$(UI_PORT))";; esac
+		*) echo "Open the MLflow UI with: make ui   (it prints the links to the ranked runs)";; esac
 
 # Debian's chromium for the browser tests (as root; skipped with a reason where it cannot be installed)
 browser:
@@ -151,9 +151,10 @@ bench: $(STAMP)
 bench-reliability: $(STAMP)
 	$(PY) bench/reliability.py --output bench/reliability.json
 
+# the MLflow UI on the store (mlflow.db, or MLFLOW_TRACKING_URI), with links to each experiment's ranked
+# runs; UI_PORT=5001 make ui picks another port
 ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(UI_PORT)
+	$(VENV)/bin/tagger ui --port $(UI_PORT)
 
 clean-store:
 	rm -rf mlflow.db mlartifacts

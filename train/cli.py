@@ -248,6 +248,22 @@ def compare(run_a: str, run_b: str, set_name: str, metric: str, samples: int, as
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_comparison(result))
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), envvar="UI_PORT")
+@click.option("--top", default=5, show_default=True, type=click.IntRange(2, 50), help="Runs in each compare link.")
+def ui(host: str, port: int, top: int) -> None:
+    """Start the MLflow UI on the store and print links that open each experiment's runs, ranked.
+
+    Per experiment and kind of score (cross-validated, single-split): the runs table sorted by the
+    validation metric with the headline columns, its charts, and a side-by-side compare of the top
+    runs. With an http(s) MLFLOW_TRACKING_URI it only prints the links to that server's UI.
+    """
+    from train.tracking.ui import ui as run_ui
+
+    run_ui(host, port, top, click.echo)
+
+
 @cli.command("split-seeds")
 @click.option(
     "--seeds",

@@ -239,7 +239,8 @@ def initialize_store(uri: str) -> None:
         _INITIALIZED.add(uri)
 
 
-# The MLflow UI opens an experiment in its GenAI view unless the experiment says it is model training.
+# Earlier MLflow 3 UIs open an experiment in their GenAI view unless it says it is model training; 3.17
+# reads the view from the URL instead (workflowType=machine_learning: the links of train/tracking/ui.py).
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
