@@ -135,3 +135,57 @@ def test_compare_names_runs_a_and_b_and_takes_short_ids(fake_runs):
     assert lines[1] == f"B: {ids[1][:8]}  tfidf_svm-cv5x1-0101-120000  (tfidf_svm)"
     result = json.loads(invoke("compare", ids[0][:8], ids[1], "--samples", "200", "--json").stdout)
     assert result["run_a"] == ids[0] and result["runs"]["b"]["family"] == "tfidf_svm"
+
+
+@pytest.mark.slow  # a 3-fold CV (about 4 s)
+def test_cv_logs_each_headline_mean_with_its_std(small_train, tmp_path, monkeypatch, caplog):
+    from test_recorder import QUICK, TOPIC, MemoryRecorder
+
+    from train.config import load_config
+    from train.training.cv import cross_validate
+
+    monkeypatch.setenv("TAGGER_HOME", str(tmp_path))
+    config = load_config(TOPIC, [f"data.train={small_train}", *QUICK, "tracking.log_model=false"])
+    with caplog.at_level("INFO", logger="tagger"):
+        cross_validate(config, MemoryRecorder(), config_path=TOPIC, folds=3)
+    assert re.search(r"cv 3x1 \(mean ± std over folds\): f1_macro 0\.\d{3} ± 0\.\d{3}, f1_micro", caplog.text)
+
+
+@pytest.mark.slow  # two cross-validated trials (about 5 s)
+def test_sweep_reports_each_trial_and_the_baseline_beside_the_best_rounded(small_train, tmp_path, monkeypatch, caplog):
+    import yaml
+    from test_recorder import QUICK, TOPIC, MemoryRecorder
+
+    from train.config import load_config
+    from train.training.sweep import SweepOptions, sweep
+
+    monkeypatch.setenv("TAGGER_HOME", str(tmp_path))
+    space = tmp_path / "space.yaml"
+    params = {
+        "model.params.C": {"type": "float", "low": 0.1, "high": 10, "log": True},
+        "model.params.word_ngram_range": {"type": "categorical", "choices": [[1, 1], [1, 2]]},
+    }
+    space.write_text(yaml.safe_dump({"params": params}))
+    config = load_config(TOPIC, [f"data.train={small_train}", *QUICK, "split.folds=3"])
+    own = (config.model.params["C"], list(config.model.params["word_ngram_range"]))
+    options = SweepOptions(space, 2, storage=f"sqlite:///{tmp_path / 'optuna.db'}", study="base", out=tmp_path / "b")
+    with caplog.at_level("INFO", logger="tagger"):
+        result = sweep(config, MemoryRecorder(), options=options)
+    import optuna
+
+    study = optuna.load_study(study_name="base", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    first = study.trials[0]
+    assert first.params["model.params.C"] == own[0]  # trial 0: the config's own values
+    assert json.loads(first.params["model.params.word_ngram_range"]) == own[1]
+    assert result.baseline_trial == 0 and result.baseline_value == pytest.approx(first.value)
+    text = result.describe()
+    assert re.search(r"^baseline: trial 0, 0\.\d{4} \(the config's own values\)$", text, flags=re.M), text
+    best = re.search(r"^best: trial (\d), 0\.\d{4}, [+-]0\.\d{4} over the baseline \(C=([0-9.e+-]+), ", text, re.M)
+    assert best, text
+    assert len(best[2].replace(".", "").lstrip("0")) <= 4  # 4 significant digits at most
+    log = caplog.text  # a start line and a result line per trial: params, score, best so far, seconds
+    assert re.search(r"trial 0 \[1/2, baseline: the config's own values\]: C=4\.0, word_ngram_range=\[1, 2\]", log)
+    assert re.search(r"trial 1 \[2/2\]: cv/f1_macro_mean 0\.\d{4} in \d+ s; best so far 0\.\d{4} \(trial [01]\)", log)
+    header = result.best_config.read_text().splitlines()
+    assert any(line.startswith("# Baseline (the config's own values, trial 0): 0.") for line in header)
+    assert any(line.startswith("# Best values, rounded: C=") for line in header)

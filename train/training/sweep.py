@@ -72,6 +72,8 @@ SWEEP_ROLE_TAG = "tagger.sweep"  # "parent" on the sweep's run, "trial" on each 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 60
 ERROR_ATTR = "tagger.error"  # a failed trial's cause (one line), for the sweep's final message
+BASELINE_ATTR = "tagger.baseline"  # on the trial that runs the config's own values (trial 0 of a new study)
+PROGRESS_SECONDS = 10  # a trial running longer says how far it got at most this often
 MAX_FAILURES_IN_A_ROW = 3  # a worker stops when its trials keep failing (a broken setting, not bad luck)
 
 
@@ -118,6 +120,9 @@ class SweepResult:
     best_params: dict[str, Any] = field(default_factory=dict)
     best_trial: int | None = None
     best_config: Path | None = None
+    baseline_value: float | None = None  # the CV score of the config's own values (the unswept config)
+    baseline_trial: int | None = None
+    baseline_note: str = ""  # why there is no baseline score, when there is none
 
     def describe(self) -> str:
         lines = [
@@ -125,11 +130,64 @@ class SweepResult:
             + ", ".join(f"{n} {state}" for state, n in self.counts.items() if n),
             f"sweep run: {self.parent_run_id}",
         ]
+        if self.baseline_value is not None:
+            lines.append(f"baseline: trial {self.baseline_trial}, {self.baseline_value:.4f} (the config's own values)")
+        elif self.baseline_note:
+            lines.append(f"baseline: {self.baseline_note}")
         if self.best_trial is not None:
-            params = ", ".join(f"{k}={json.dumps(v)}" for k, v in self.best_params.items())
-            lines.append(f"best: trial {self.best_trial}, {self.best_value:.4f} ({params})")
+            gain = ""
+            if self.baseline_value is not None:
+                gain = f", {self.best_value - self.baseline_value:+.4f} over the baseline"
+            lines.append(
+                f"best: trial {self.best_trial}, {self.best_value:.4f}{gain} ({shown_params(self.best_params)})"
+            )
             lines.append(f"best config: {self.best_config}  (tagger train {self.best_config})")
         return "\n".join(lines)
+
+
+def rounded(value: Any) -> Any:
+    """A parameter value for people: floats to 4 significant digits (0.5431616693375222 -> 0.5432)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    return value
+
+
+def shown_params(values: dict[str, Any]) -> str:
+    """``C=0.5432, word_ngram_range=[1, 2]``: a trial's values, rounded, keys without ``model.params.``."""
+    return ", ".join(f"{key.removeprefix('model.params.')}={json.dumps(rounded(v))}" for key, v in values.items())
+
+
+def baseline_values(space: Space, config: Config) -> tuple[dict[str, Any] | None, str]:
+    """The config's own value of each swept key, as Optuna stores it (categorical choices as JSON text),
+    or None and why, when a value lies outside the space (then no trial can run it)."""
+    from train.training.space import Categorical, IntRange
+
+    values, params = config_values(config), {}
+    for key, dist in space.params.items():
+        value: Any = values
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(dist, Categorical):
+            if value not in dist.choices:
+                return None, f"the config's {key}={json.dumps(value)} is not among the space's choices"
+            params[key] = json.dumps(value)
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not dist.low <= value <= dist.high:
+            return None, f"the config's {key}={json.dumps(value)} lies outside the space ({dist.low}..{dist.high})"
+        if isinstance(dist, IntRange) and (value - dist.low) % dist.step:
+            return None, f"the config's {key}={value} is off the space's step ({dist.step})"
+        params[key] = value
+    return params, ""
+
+
+def enqueue_baseline(study: optuna.Study, space: Space, config: Config) -> None:
+    """Make trial 0 of a new study the config's own values, so the sweep reports what it gained over them."""
+    params, why = baseline_values(space, config)
+    if params is None:
+        study.set_user_attr(BASELINE_ATTR, why)
+        log.info("baseline: %s; run 'tagger cv' on the config for its score", why)
+        return
+    study.enqueue_trial(params, user_attrs={BASELINE_ATTR: True})
 
 
 def default_storage() -> str:
@@ -196,6 +254,8 @@ def sweep(
 
     with storage_lock(storage_url, "study"):  # sweeps starting one study at once share it and one parent run
         study = _open_study(storage_url, study_name, space, objective, direction, config.task.name)
+        if not study.trials:  # a new study: trial 0 runs the config's own values (the baseline)
+            enqueue_baseline(study, space, config)
         recorder.open()
         parent = _parent_run(recorder, study, config, config_path, prepared, space_path, objective, direction)
     spec = SweepSpec(
@@ -444,8 +504,23 @@ class TrialObjective:
             self.failed = True
             cause = " ".join(str(exc).split())[:500] or type(exc).__name__
             trial.set_user_attr(ERROR_ATTR, cause)
-            log.warning("trial %d failed (%s): %s", trial.number, json.dumps(values), cause)
+            log.warning("%s failed (%s): %s", self._label(trial), shown_params(values), cause)
             raise
+
+    def _label(self, trial: optuna.Trial) -> str:
+        """``trial 7 [8/20]``: Optuna's number (as in the run names), and how far the study is."""
+        done = len(trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        baseline = ", baseline: the config's own values" if trial.user_attrs.get(BASELINE_ATTR) else ""
+        return f"trial {trial.number} [{min(done + 1, self.spec.trials)}/{self.spec.trials}{baseline}]"
+
+    def _best_so_far(self, trial: optuna.Trial, value: float | None) -> str:
+        """``best so far 0.8010 (trial 0)``, counting this trial's ``value``."""
+        best: tuple[float, int] | None = None if value is None else (value, trial.number)
+        better = max if self.spec.direction == "maximize" else min
+        for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if other.value is not None and (best is None or better(other.value, best[0]) != best[0]):
+                best = (other.value, other.number)
+        return "no trial complete yet" if best is None else f"best so far {best[0]:.4f} (trial {best[1]})"
 
     def _plan(self, config) -> FoldPlan:
         """The data and folds of ``config`` (loaded and made once per worker), checked against its model."""
@@ -475,6 +550,9 @@ class TrialObjective:
         folds = [(r, k) for r in range(plan.repeats) for k in range(plan.folds)]
         oof = np.zeros((plan.repeats, len(plan.data), len(config.task.labels)))
         pruned = False
+        label = self._label(trial)
+        log.info("%s: %s", label, shown_params(values))
+        started = said = time.monotonic()
         with spec.recorder.run(f"trial {trial.number}", tags, parent=spec.parent_run_id) as run:
             run.log_params(config_params(config))
             for index, (r, k) in enumerate(folds):
@@ -483,17 +561,31 @@ class TrialObjective:
                 running = summary[spec.objective]
                 run.log_metrics({f"running/{spec.objective.removeprefix('cv/')}": running}, step=index)
                 trial.report(running, index)
+                if time.monotonic() - said >= PROGRESS_SECONDS and index < len(folds) - 1:  # a slow trial says so
+                    said = time.monotonic()
+                    log.info(
+                        "%s: fold %d/%d, running %.4f (%.0f s)", label, index + 1, len(folds), running, said - started
+                    )
                 if index < len(folds) - 1 and trial.should_prune():
                     pruned = True
                     break
             run.set_tags({"optuna.state": "PRUNED" if pruned else "COMPLETE"})
             if not pruned:
                 run.log_metrics(logged_summary(summary))  # the headline cv/ means and stds
+        seconds = time.monotonic() - started
         if pruned:
-            log.info("trial %d pruned after fold %d: %.4f (%s)", trial.number, index + 1, running, json.dumps(values))
+            log.info(
+                "%s: pruned after fold %d/%d at %.4f in %.0f s; %s",
+                label,
+                index + 1,
+                len(folds),
+                running,
+                seconds,
+                self._best_so_far(trial, None),
+            )
             raise optuna.TrialPruned()
         value = summary[spec.objective]
-        log.info("trial %d: %s %.4f (%s)", trial.number, spec.objective, value, json.dumps(values))
+        log.info("%s: %s %.4f in %.0f s; %s", label, spec.objective, value, seconds, self._best_so_far(trial, value))
         return value
 
 
@@ -521,6 +613,14 @@ def finish(spec: SweepSpec, space: Space, out: str | Path | None = None, run: Ru
                 run.set_note(f"every trial failed; the first: {errors[0]}")
                 run.end(FAILED)
                 raise TaggerError(f"sweep '{spec.study}': all {len(errors)} trials failed; the first: {errors[0]}")
+        baseline = [t for t in trials if t.user_attrs.get(BASELINE_ATTR) is True]
+        if baseline and baseline[0].state == TrialState.COMPLETE:
+            result.baseline_trial, result.baseline_value = baseline[0].number, float(baseline[0].value)
+            metrics["baseline_value"] = result.baseline_value
+        elif baseline:
+            result.baseline_note = f"trial {baseline[0].number} (the config's own values) is {baseline[0].state.name}"
+        else:
+            result.baseline_note = str(study.user_attrs.get(BASELINE_ATTR) or "not in this study (an older sweep)")
         if counts["complete"]:
             best = study.best_trial
             result.best_trial, result.best_value = best.number, float(best.value)
@@ -563,10 +663,17 @@ def write_best_config(spec: SweepSpec, result: SweepResult, folder: Path) -> Pat
         inside = config_path.is_relative_to(PROJECT_ROOT) and folder.resolve().is_relative_to(PROJECT_ROOT)
         parent = os.path.relpath(config_path, folder.resolve()) if inside else str(config_path)
         base = {"extends": parent, **apply_overrides({}, [*spec.overrides, *trial_overrides(result.best_params)])}
+    baseline = (
+        f"# Baseline (the config's own values, trial {result.baseline_trial}): {result.baseline_value:.4f}\n"
+        if result.baseline_value is not None
+        else ""
+    )
     header = (
         f"# Best of sweep '{spec.study}' (trial {result.best_trial}: {spec.objective} {result.best_value:.4f}),\n"
         f"# written by tagger sweep; {spec.recorder.name} run {spec.parent_run_id}. "
         "Reproduce with: tagger cv <this file>\n"
+        f"{baseline}"
+        f"# Best values, rounded: {shown_params(result.best_params)} (below: exact, as the trial ran them)\n"
     )
     path = folder / "best.yaml"
     text = header + yaml.safe_dump(base, sort_keys=False, allow_unicode=True)
