@@ -223,6 +223,8 @@ def runs(
     from train.tracking.runs import json_rows, list_runs, render_table
 
     table = list_runs(task, metric, experiment, limit, every_status)
+    if "note" in table.attrs:  # a field of CV and dev-only scores: how to make it comparable
+        click.echo(f"note: {table.attrs['note']}", err=True)
     if as_json:
         for row in json_rows(table):
             click.echo(json.dumps(row, allow_nan=False, ensure_ascii=False))
@@ -307,11 +309,22 @@ def split_seeds(seeds_dir: str, output: str) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Show the choice; change nothing.")
 @click.option("--rollback", is_flag=True, help="Swap 'champion' and 'previous' instead (undo the last promotion).")
-def promote(task: str, metric: str, dry_run: bool, rollback: bool) -> None:
-    """Register the best finished run of TASK as tagger-TASK and move the 'champion' alias to it."""
+@click.option(
+    "--cv",
+    "cross_validate",
+    is_flag=True,
+    help="First cross-validate the configs of runs that have only a dev score, then compare CV with CV.",
+)
+def promote(task: str, metric: str, dry_run: bool, rollback: bool, cross_validate: bool) -> None:
+    """Register the best finished run of TASK as tagger-TASK and move the 'champion' alias to it.
+
+    Runs are compared by one kind of validation score: CV means among cross-validated runs, else dev
+    scores. Where some runs have CV scores and others only dev scores, promote stops and says so;
+    --cv cross-validates the latter first. Runs within the winner's noise are reported as ties.
+    """
     from train.domain import registered_name
+    from train.tracking.promote import cross_validate_dev_only, register_bundle
     from train.tracking.promote import promote as run_promote
-    from train.tracking.promote import register_bundle
     from train.tracking.promote import rollback as run_rollback
 
     if rollback:
@@ -319,6 +332,9 @@ def promote(task: str, metric: str, dry_run: bool, rollback: bool) -> None:
         verb = "would be" if dry_run else "is now"
         click.echo(f"{registered_name(task)} v{champion} {verb} @champion, v{previous} @previous")
     else:
+        if cross_validate:
+            for run_id in cross_validate_dev_only(task):
+                click.echo(f"cross-validated: run {run_id}")
         choice, version, changed = run_promote(task, metric, dry_run)
         click.echo(choice.describe())
         if dry_run:

@@ -27,7 +27,20 @@ from train.domain import BUNDLE, BUNDLE_EXPERIMENT, CHAMPION, PREVIOUS, experime
 from train.errors import TaggerError
 from train.tracking import store
 from train.tracking.packaging import bundle_model_arguments
-from train.tracking.runs import VALIDATION_METRIC, finished_runs, rank
+from train.tracking.runs import (
+    CV,
+    SCORE_KIND,
+    VALIDATION_METRIC,
+    comparable_kind,
+    config_keys,
+    dev_only,
+    finished_runs,
+    mark_ties,
+    mixed_field,
+    rank,
+    rank_by_kind,
+    tie_floor,
+)
 
 log = logging.getLogger("tagger")
 
@@ -39,6 +52,23 @@ class Choice:
     winner: pd.Series
     runner_up: pd.Series | None
     significance: str = ""
+    kind: str | None = None  # the kind of validation score compared (cv, dev); None for an explicit metric
+    tied: pd.DataFrame | None = None  # the runs within the winner's noise (``runs.mark_ties``)
+
+    def tie_sentence(self) -> str:
+        """Which runs are tied with the winner, within what, and the rule that chose among them."""
+        if self.tied is None or self.tied.empty:
+            return ""
+        column = f"metrics.{self.metric}"
+        names = ", ".join(
+            f"run {run['run_id']} ({run.get('tags.mlflow.runName')}, {run[column]:.4f})"
+            for _, run in self.tied.iterrows()
+        )
+        within = "2 fold stds of the winner's CV mean" if self.kind == CV else "the winner's dev bootstrap interval"
+        return (
+            f"Tied with {names}: within {within} (scores >= {tie_floor(self.winner):.4f}), so the difference is noise; "
+            "chose by the tie-break: the higher score, then the higher dev f1_macro, then the newer run."
+        )
 
     def describe(self) -> str:
         def line(run: pd.Series) -> str:
@@ -56,9 +86,12 @@ class Choice:
                 f"{self.metric} = {run[f'metrics.{self.metric}']:.4f}{test_scores}"
             )
 
-        text = f"Best {self.task} run by {self.metric}: {line(self.winner)}."
+        kind = {CV: " (CV means, among cross-validated runs)", "dev": " (dev scores, among runs without CV)"}
+        text = f"Best {self.task} run by {self.metric}{kind.get(self.kind, '')}: {line(self.winner)}."
         if self.runner_up is not None:
             text += f" Runner-up: {line(self.runner_up)}."
+        if self.tie_sentence():
+            text += f" {self.tie_sentence()}"
         if self.significance:
             text += f" {self.significance}"
         return text
@@ -83,8 +116,14 @@ def significance(winner: pd.Series, runner_up: pd.Series | None, set_name: str =
 
 
 def choose(task: str, metric: str = VALIDATION_METRIC) -> Choice:
-    """The best finished run of ``task`` that logged a model, by ``metric`` (default: the validation score,
-    the CV mean where a run has one, else dev), with a paired test of its margin over the runner-up."""
+    """The best finished run of ``task`` that logged a model, by ``metric``, with a paired test of its
+    margin over the runner-up.
+
+    By the validation score (the default), like with like: CV means among cross-validated runs when any
+    run is, else dev scores. A field where other runs have only dev scores (and no CV run of their
+    config) is refused with how to make it comparable (``promote --cv``). Runs within the winner's
+    noise are reported as ties. An explicit ``metric`` (a test set's) ranks every run that has it.
+    """
     runs = finished_runs(experiment_name(task), task)
     column = f"metrics.{metric}"
     if runs.empty or column not in runs.columns:
@@ -92,9 +131,49 @@ def choose(task: str, metric: str = VALIDATION_METRIC) -> Choice:
     runs = runs[runs[column].notna()]
     if runs.empty:
         raise TaggerError(f"no finished {task} run with a logged model has the metric '{metric}'")
-    runs = rank(runs, metric)
+    if metric != VALIDATION_METRIC:
+        runs = rank(runs, metric)
+        runner_up = runs.iloc[1] if len(runs) > 1 else None
+        return Choice(task, metric, runs.iloc[0], runner_up, significance(runs.iloc[0], runner_up))
+    kind = comparable_kind(runs)
+    if kind == CV and len(dev_only(runs)):
+        raise TaggerError(mixed_field(runs, task))
+    runs = rank_by_kind(runs)
+    runs = runs[runs[SCORE_KIND] == kind]
+    tied = runs[mark_ties(runs) == "tie"]
     runner_up = runs.iloc[1] if len(runs) > 1 else None
-    return Choice(task, metric, runs.iloc[0], runner_up, significance(runs.iloc[0], runner_up))
+    return Choice(task, metric, runs.iloc[0], runner_up, significance(runs.iloc[0], runner_up), kind, tied)
+
+
+def cross_validate_dev_only(task: str, folds: int | None = None) -> list[str]:
+    """``tagger promote --cv``: cross-validate the config of every run of ``task`` that has only a dev
+    score (one CV per config; each run logged its resolved ``config.yaml``), so that every candidate
+    has a CV score; the new CV run ids."""
+    import tempfile
+    from pathlib import Path
+
+    from train.config import load_config
+    from train.training.cv import cross_validate
+
+    runs = finished_runs(experiment_name(task), task)
+    pending = dev_only(runs) if not runs.empty else runs
+    ids = []
+    for _, run in pending.loc[~config_keys(pending).duplicated()].iterrows():
+        name = run.get("tags.mlflow.runName")
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=run["run_id"], artifact_path="config.yaml", dst_path=tmp
+                )
+            except MlflowException:
+                raise TaggerError(
+                    f"run {run['run_id']} ({name}) logged no config.yaml to cross-validate; "
+                    f"run `tagger cv` on its config, or rank by one metric with --metric dev/f1_macro"
+                ) from None
+            config = load_config(Path(local))
+        log.info("cross-validating the config of run %s (%s), which has only a dev score", run["run_id"], name)
+        ids.append(cross_validate(config, config_path=run.get("tags.config_file") or None, folds=folds))
+    return ids
 
 
 # --- registration that a later promote can finish or undo ------------------------------------------------
@@ -216,6 +295,8 @@ def promote(task: str, metric: str = VALIDATION_METRIC, dry_run: bool = False) -
         tags = {
             "metric": metric,
             "metric_value": f"{choice.winner[f'metrics.{metric}']:.6f}",
+            **({"score_kind": choice.kind} if choice.kind else {}),
+            **({"tied_with": ",".join(choice.tied["run_id"])} if choice.tied is not None and len(choice.tied) else {}),
             "model_family": str(choice.winner.get("tags.model_family")),
             "run_id": run_id,
         }

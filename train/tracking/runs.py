@@ -47,19 +47,112 @@ def finished_runs(experiment: str, task: str) -> pd.DataFrame:
 VALIDATION_METRIC = "validation/f1_macro"
 
 
-def with_validation_metric(runs: pd.DataFrame) -> pd.DataFrame:
-    """Add ``validation/f1_macro``: the cross-validated mean where a run has one, else its dev score.
+CV, DEV = "cv", "dev"  # the kinds of validation score: a CV mean over folds, a single dev split's score
+SCORE_KIND = "score_kind"  # the column that says which kind a run's validation score is
 
-    This is what model choice should rank by; the seeds and other evaluation sets are test scores.
+
+def with_validation_metric(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add ``validation/f1_macro``: the cross-validated mean where a run has one, else its dev score;
+    ``score_kind`` says which (``cv``, ``dev``; None without either).
+
+    This is what model choice should rank by, one kind at a time (``comparable_kind``); the seeds and
+    other evaluation sets are test scores. A CV score keeps its fold std (``validation/f1_macro_std``),
+    a dev score its bootstrap interval (``_ci_low``, ``_ci_high``): the noise that ``mark_ties`` uses.
     """
     runs = runs.copy()
-    cv = runs.get("metrics.cv/f1_macro_mean", pd.Series(float("nan"), index=runs.index))
-    dev = runs.get("metrics.dev/f1_macro", pd.Series(float("nan"), index=runs.index))
+    nothing = pd.Series(float("nan"), index=runs.index)
+    cv = runs.get("metrics.cv/f1_macro_mean", nothing)
+    dev = runs.get("metrics.dev/f1_macro", nothing)
     runs[f"metrics.{VALIDATION_METRIC}"] = cv.fillna(dev)
+    runs[SCORE_KIND] = pd.Series(None, index=runs.index, dtype=object).mask(dev.notna(), DEV).mask(cv.notna(), CV)
+    runs[f"metrics.{VALIDATION_METRIC}_std"] = runs.get("metrics.cv/f1_macro_std", nothing).where(cv.notna())
     for bound in ("ci_low", "ci_high"):  # a dev score keeps its bootstrap interval (CV runs show ± std)
-        dev_bound = runs.get(f"metrics.dev/f1_macro_{bound}", pd.Series(float("nan"), index=runs.index))
+        dev_bound = runs.get(f"metrics.dev/f1_macro_{bound}", nothing)
         runs[f"metrics.{VALIDATION_METRIC}_{bound}"] = dev_bound.where(cv.isna())
     return runs
+
+
+def comparable_kind(runs: pd.DataFrame) -> str | None:
+    """The kind of validation score that runs are compared by: ``cv`` when any run is cross-validated,
+    else ``dev`` (None when no run has a validation score)."""
+    kinds = set(runs.get(SCORE_KIND, pd.Series(dtype=object)).dropna())
+    return CV if CV in kinds else DEV if DEV in kinds else None
+
+
+def tie_floor(leader: pd.Series) -> float | None:
+    """The lowest validation score still tied with ``leader``: its CV mean less 2 fold stds, or the low
+    end of its dev score's bootstrap interval (None when its score has no measure of noise)."""
+    column = f"metrics.{VALIDATION_METRIC}"
+    if leader.get(SCORE_KIND) == CV:
+        std = leader.get(f"{column}_std")
+        return None if pd.isna(std) else float(leader[column] - 2 * std)
+    low = leader.get(f"{column}_ci_low")
+    return None if pd.isna(low) else float(low)
+
+
+TIE_RULE = "within the leader's bootstrap interval (dev) or 2 fold stds (cv)"
+
+
+def mark_ties(ranked: pd.DataFrame) -> pd.Series:
+    """``best`` on the leader of the compared kind, ``tie`` on each run of that kind whose validation
+    score is within the leader's noise (``tie_floor``), else empty. ``ranked``: best first."""
+    marks = pd.Series("", index=ranked.index, dtype=object)
+    kind = comparable_kind(ranked)
+    if kind is None or SCORE_KIND not in ranked.columns:
+        return marks
+    same = ranked[ranked[SCORE_KIND] == kind]
+    leader = same.iloc[0]
+    marks[same.index[0]] = "best"
+    floor = tie_floor(leader)
+    if floor is not None:
+        scores = same[f"metrics.{VALIDATION_METRIC}"].iloc[1:]
+        marks[scores.index[scores >= floor - 1e-12]] = "tie"
+    return marks
+
+
+CONFIG_FREE = ("params.tracking.", "params.cv.", "params.evaluation.", "params.split.folds", "params.split.repeats")
+
+
+def config_keys(runs: pd.DataFrame) -> pd.Series:
+    """Each run's config as a comparable value: its params, less what does not change the model it makes
+    (tracking, evaluation sets, the CV plan). A train run and a CV run of one config have the same key."""
+    params = [c for c in runs.columns if c.startswith("params.") and not c.startswith(CONFIG_FREE)]
+    rows = runs[params].to_dict("records")
+    keys = [tuple(sorted((c, v) for c, v in row.items() if isinstance(v, str))) for row in rows]
+    return pd.Series(keys, index=runs.index, dtype=object)
+
+
+def dev_only(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with only a dev score whose config no run of ``runs`` cross-validated: in a field with CV
+    scores, the candidates that are not yet comparable."""
+    if SCORE_KIND not in runs.columns:
+        return runs.iloc[0:0]
+    keys = config_keys(runs)
+    validated = set(keys[runs[SCORE_KIND] == CV])
+    return runs[(runs[SCORE_KIND] == DEV) & ~keys.isin(validated)]
+
+
+def mixed_field(runs: pd.DataFrame, task: str) -> str:
+    """One line on a field where some runs have CV scores and others only dev scores, and how to make
+    it comparable."""
+    pending = dev_only(runs)
+    validated = int((runs[SCORE_KIND] == CV).sum())
+    names = ", ".join(str(n) for n in pending.get("tags.mlflow.runName", pending["run_id"]).head(3))
+    more = f" and {len(pending) - 3} more" if len(pending) > 3 else ""
+    return (
+        f"{validated} {task} run{'s' * (validated != 1)} {'have' if validated != 1 else 'has'} CV scores and "
+        f"{len(pending)} only dev scores ({names}{more}), which do not compare with CV means; cross-validate "
+        f"their configs with `tagger promote --task {task} --cv` (or `tagger cv` on each), "
+        "or rank by one metric with --metric dev/f1_macro"
+    )
+
+
+def rank_by_kind(runs: pd.DataFrame) -> pd.DataFrame:
+    """Best first by ``validation/f1_macro`` within each kind: the compared kind (``comparable_kind``)
+    first, then the other; then higher dev macro F1, then newer."""
+    kind = comparable_kind(runs)
+    ranked = rank(runs.assign(_kind_order=(runs.get(SCORE_KIND) != kind).astype(int)), VALIDATION_METRIC)
+    return ranked.sort_values("_kind_order", kind="stable").drop(columns="_kind_order")
 
 
 def is_part(runs: pd.DataFrame) -> pd.Series:
@@ -115,7 +208,8 @@ def list_runs(
         suggestion = f"did you mean '{hint[0]}'? " if hint else ""
         listed = ", ".join(known[:12])
         raise TaggerError(f"no run logged metric '{metric}'; {suggestion}known metrics include: {listed}")
-    frame = rank(frame, metric)
+    like_for_like = metric == VALIDATION_METRIC and SCORE_KIND in frame.columns
+    frame = rank_by_kind(frame) if like_for_like else rank(frame, metric)
     shown = {
         "run_id": frame["run_id"],
         "run_name": frame.get("tags.mlflow.runName"),
@@ -129,6 +223,12 @@ def list_runs(
                 strict=True,
             )
         ],
+    }
+    if SCORE_KIND in frame.columns:  # which kind of validation score each run has: cv or dev
+        shown["kind"] = frame[SCORE_KIND]
+    if like_for_like:  # the leader of the compared kind, and the runs tied with it within its noise
+        shown["tie"] = mark_ties(frame)
+    shown |= {
         "dev/f1_macro": frame["metrics.dev/f1_macro"].round(4),
         "started": frame["start_time"].dt.strftime("%Y-%m-%d %H:%M"),
     }
@@ -143,6 +243,8 @@ def list_runs(
         shown["status"] = frame["status"]
         shown["model"] = ((frame["status"] == "FINISHED") & has_model(frame)).map({True: "yes", False: "no"})
     table = pd.DataFrame(shown).head(limit).reset_index(drop=True)
+    if like_for_like and len(dev_only(frame)):
+        table.attrs["note"] = mixed_field(frame, task)
     everyone = frame if every_status else all_runs(name, task)  # short ids are unique among all the runs
     table.attrs["known_ids"] = everyone["run_id"].tolist()
     return table
@@ -229,5 +331,7 @@ def render_table(table: pd.DataFrame, metric: str, width: int | None = None, wid
             out.add_column(header, justify="right" if right else "left", no_wrap=True, min_width=longest)
     for row in shown.itertuples(index=False):
         out.add_row(*["" if pd.isna(v) else str(v) for v in row])
-    # a pipe or CI log gets a wide table instead of one wrapped at 80 columns
+    # a pipe or CI log gets a wide table instead of one wrapped at 80 columns; --wide is never squeezed
+    if wide:
+        width = 100_000
     Console(width=width or (None if sys.stdout.isatty() else 200)).print(out)
