@@ -81,7 +81,7 @@ def test_runs_table_fits_100_columns_with_short_ids_every_command_takes(fake_run
     assert max(len(line) for line in lines) <= 100, out
     header = next(line for line in lines if re.search(r"\brun\b", line) and "name" in line)
     expected = [short_header(c) for c in narrow_view(table).columns]  # every column the table has, whole
-    assert expected == ["run", "name", "family", "valid", "dev", "seeds (test)", "cv"]
+    assert expected == ["run", "name", "family", "valid", "kind", "tie", "dev", "seeds (test)", "cv"]
     for name in expected:
         assert re.search(rf"(^|\s){re.escape(name)}(\s|$)", header), (name, header)
     assert "…" not in header and "[0.794, 0.834]" in out  # the dev score beside its interval
