@@ -218,3 +218,21 @@ def test_a_skops_file_with_an_untrusted_type_is_refused(tmp_path):
     sio.dump({"steps": collections.Counter("ab")}, folder / "pipeline.skops")
     with pytest.raises(ModelFormatError, match=r"pipeline.skops: holds types that are not trusted.*Counter"):
         TextClassifier.load(folder)
+
+
+def test_tfidf_vocabularies_round_trip_exactly_for_any_text(tmp_path):
+    """Vocabularies are saved as arrays (UTF-8 bytes with offsets), not dicts: terms with NUL, byte-order
+    marks, emoji and combining marks come back as they were, and so do the scores."""
+    odd = ["nul\x00inside", "bom \ufeff mark", "emoji 🛢️ gas", "combining é e\u0301", "tab\tand\u200bzero"]
+    X = pd.DataFrame({"text": [f"{t} talks {i}" for i, t in enumerate(odd * 4)], "target": ["t"] * 20})
+    y = [["energy"] if i % 2 else ["diplomacy"] for i in range(20)]
+    model = build_model("tfidf_logreg", "multilabel", ["energy", "diplomacy"], {"char_analyzer": "char"}, 13)
+    model.fit(X, y)
+    model.save(tmp_path / "model")
+    loaded = TextClassifier.load(tmp_path / "model")
+    features = model.pipeline_.named_steps["features"].named_transformers_
+    back = loaded.pipeline_.named_steps["features"].named_transformers_
+    for block in ("word", "char"):
+        assert back[block].vocabulary_ == features[block].vocabulary_
+    assert any("\x00" in term for term in back["char"].vocabulary_)
+    assert np.array_equal(loaded.predict_proba(X), model.predict_proba(X))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -44,34 +45,81 @@ class ModelFormatError(TaggerError):
 
 
 # --- scikit-learn objects ---------------------------------------------------------------------------
-def _strip_routing(obj: Any, seen: set[int]) -> None:
-    """Drop the metadata-routing requests ``set_fit_request`` left on fitted estimators.
-
-    They only steer ``fit``; each refers back to its estimator, a cycle skops cannot write.
-    """
+def _estimators(obj: Any, where: str, seen: set[int]) -> Iterator[tuple[str, Any]]:
+    """Each scikit-learn (or tagger) object inside ``obj``, with a path naming where it sits."""
     if id(obj) in seen:
         return
     seen.add(id(obj))
     if isinstance(obj, list | tuple):
-        for item in obj:
-            _strip_routing(item, seen)
+        for i, item in enumerate(obj):
+            yield from _estimators(item, f"{where}.{i}", seen)
     elif isinstance(obj, dict):
-        for item in obj.values():
-            _strip_routing(item, seen)
+        for key, item in obj.items():
+            yield from _estimators(item, f"{where}.{key}", seen)
     elif type(obj).__module__.startswith(("sklearn.", "train.")) and hasattr(obj, "__dict__"):
-        obj.__dict__.pop("_metadata_request", None)
-        for item in list(vars(obj).values()):
-            _strip_routing(item, seen)
+        yield where, obj
+        for key, item in list(vars(obj).items()):
+            if key not in ("vocabulary_", "stop_words_"):  # large term tables, no estimators inside
+                yield from _estimators(item, f"{where}.{key}", seen)
+
+
+def _vocabulary_file(path: Path) -> Path:
+    return path.with_suffix(".vocabularies.npz")
+
+
+def _save_vocabularies(vocabularies: dict[str, dict[str, int]], path: Path) -> None:
+    """Term → column tables as arrays: UTF-8 bytes with offsets (exact for any text), and the columns.
+
+    skops writes a dict entry by entry (seconds for a character n-gram vocabulary); arrays take milliseconds.
+    """
+    arrays = {"paths": np.array(list(vocabularies), dtype=str)}
+    for i, vocabulary in enumerate(vocabularies.values()):
+        encoded = [term.encode("utf-8", "surrogatepass") for term in vocabulary]
+        arrays[f"bytes{i}"] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        arrays[f"ends{i}"] = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+        arrays[f"columns{i}"] = np.fromiter(vocabulary.values(), dtype=np.int64, count=len(vocabulary))
+    np.savez_compressed(path, **arrays)
+
+
+def _load_vocabularies(path: Path) -> dict[str, dict[str, int]]:
+    with np.load(path, allow_pickle=False) as arrays:
+        vocabularies = {}
+        for i, where in enumerate(arrays["paths"].tolist()):
+            blob, ends = arrays[f"bytes{i}"].tobytes(), arrays[f"ends{i}"].tolist()
+            starts = [0, *ends[:-1]]
+            terms = [blob[a:b].decode("utf-8", "surrogatepass") for a, b in zip(starts, ends, strict=True)]
+            vocabularies[where] = dict(zip(terms, arrays[f"columns{i}"].tolist(), strict=True))
+    return vocabularies
 
 
 def dump_sklearn(estimator: Any, path: Path) -> None:
-    """Write a fitted scikit-learn object with skops (deflated: a vocabulary's JSON shrinks about tenfold)."""
+    """Write a fitted scikit-learn object with skops, its vocabularies beside it as arrays.
+
+    Metadata-routing requests that ``set_fit_request`` left are dropped (they only steer ``fit``, and
+    each refers back to its estimator, a cycle skops cannot write), as is ``stop_words_``, which
+    scikit-learn keeps for introspection only.
+    """
     import zipfile
 
     import skops.io as sio
 
-    _strip_routing(estimator, set())
-    sio.dump(estimator, path, compression=zipfile.ZIP_DEFLATED)
+    found = list(_estimators(estimator, "", set()))
+    vocabularies: dict[str, dict[str, int]] = {}
+    for where, obj in found:
+        obj.__dict__.pop("_metadata_request", None)
+        obj.__dict__.pop("stop_words_", None)
+        vocabulary = obj.__dict__.get("vocabulary_")
+        if isinstance(vocabulary, dict) and vocabulary:
+            vocabularies[where] = vocabulary
+            obj.vocabulary_ = {}
+    try:
+        sio.dump(estimator, path, compression=zipfile.ZIP_DEFLATED)
+    finally:
+        for where, obj in found:
+            if where in vocabularies:
+                obj.vocabulary_ = vocabularies[where]
+    if vocabularies:
+        _save_vocabularies(vocabularies, _vocabulary_file(path))
 
 
 def load_sklearn(path: Path) -> Any:
@@ -80,9 +128,17 @@ def load_sklearn(path: Path) -> Any:
     from skops.io.exceptions import UntrustedTypesFoundException
 
     try:
-        return sio.load(path, trusted=TRUSTED_TYPES)
+        estimator = sio.load(path, trusted=TRUSTED_TYPES)
     except UntrustedTypesFoundException as exc:
         raise ModelFormatError(f"{path}: holds types that are not trusted; not loaded ({exc})") from None
+    if _vocabulary_file(path).exists():
+        vocabularies = _load_vocabularies(_vocabulary_file(path))
+        for where, obj in _estimators(estimator, "", set()):
+            if where in vocabularies:
+                obj.vocabulary_ = vocabularies.pop(where)
+        if vocabularies:
+            raise ModelFormatError(f"{_vocabulary_file(path)}: vocabularies for objects {path} does not hold")
+    return estimator
 
 
 # --- learned state ------------------------------------------------------------------------------------
