@@ -189,3 +189,133 @@ def test_sweep_reports_each_trial_and_the_baseline_beside_the_best_rounded(small
     header = result.best_config.read_text().splitlines()
     assert any(line.startswith("# Baseline (the config's own values, trial 0): 0.") for line in header)
     assert any(line.startswith("# Best values, rounded: C=") for line in header)
+
+
+@pytest.fixture(scope="module")
+def model_folders(tmp_path_factory):
+    """A topic and a stance TF-IDF model fitted on a toy problem, saved as MLflow model folders (about 1 s)."""
+    from test_model_format import fitted
+
+    from train.tracking.packaging import classifier_model_arguments
+
+    root = tmp_path_factory.mktemp("models")
+    folders = {}
+    for task, multilabel in (("topic", True), ("stance", False)):
+        model, X = fitted("tfidf_logreg", multilabel)
+        mlflow.pyfunc.save_model(str(root / task), **classifier_model_arguments(model, X, root / f"{task}-work"))
+        folders[task] = root / task
+    return folders
+
+
+@pytest.mark.slow  # saves two MLflow models once per module (about 7 s), loads them
+def test_one_output_column_name_for_the_topic_labels(model_folders):
+    from train.tracking.packaging import load_wrapper, predict_frame, predict_records
+
+    frame = pd.DataFrame({"text": ["Gas talks resumed."], "target": ["closer Iran–Iraq ties"]})
+    topic, stance = (load_wrapper(str(model_folders[task])).classifier for task in ("topic", "stance"))
+    assert list(predict_frame(topic, frame).columns)[0] == "topics"  # pyfunc of one task, as the combined model
+    assert list(predict_frame(stance, frame).columns)[0] == "stance"
+    rows, _ = predict_records(str(model_folders["topic"]), [{"text": "Gas talks resumed."}], "closer Iran–Iraq ties")
+    assert set(rows[0]) == {"text", "topics", "scores"}
+    signature = mlflow.models.get_model_info(str(model_folders["topic"])).signature
+    assert signature.outputs.input_names()[0] == "topics"
+
+
+@pytest.mark.slow  # saves two MLflow models once per module (about 7 s), loads them
+def test_combined_model_names_its_sub_models_topic_and_stance(model_folders, tmp_path):
+    import shutil
+
+    import yaml
+
+    from train.tracking.packaging import bundle_model_arguments, load_wrapper
+
+    folders = {}
+    for task, folder in model_folders.items():  # as promote passes them: two folders named 'classifier'
+        shutil.copytree(folder / "artifacts" / "classifier", tmp_path / task / "artifacts" / "classifier")
+        folders[task] = str(tmp_path / task / "artifacts" / "classifier")
+    bundle = tmp_path / "bundle"
+    mlflow.pyfunc.save_model(str(bundle), **bundle_model_arguments(folders))
+    assert sorted(p.name for p in (bundle / "artifacts").iterdir()) == ["stance", "topic"]
+    flavor = yaml.safe_load((bundle / "MLmodel").read_text())["flavors"]["python_function"]
+    assert {key: spec["path"] for key, spec in flavor["artifacts"].items()} == {
+        "topic": "artifacts/topic",
+        "stance": "artifacts/stance",
+    }
+    wrapper = load_wrapper(str(bundle))
+    assert wrapper.topic.multilabel and not wrapper.stance.multilabel
+    out = mlflow.pyfunc.load_model(str(bundle)).predict(pd.DataFrame({"text": ["Gas talks resumed."]}))
+    assert list(out.columns[:2]) == ["topics", "stance"]
+
+
+@pytest.mark.slow  # saves two MLflow models once per module (about 7 s), loads them
+def test_tag_batch_shows_progress_for_a_small_input(model_folders, tmp_path, monkeypatch, caplog):
+    import train.batch as batch
+
+    rows = [{"text": f"Gas talks resumed on day {i}."} for i in range(250)]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    monkeypatch.setattr(batch, "PIECE_ROWS", 100)
+    monkeypatch.setattr(batch, "PROGRESS_SECONDS", 0.0)  # every piece reports (else: every 5 s)
+    job = batch.BatchJob(source, tmp_path / "out", model=str(model_folders["topic"]))
+    with caplog.at_level("INFO", logger="tagger"):
+        result = batch.tag_local(job, workers=1)
+    assert result["rows"] == 250
+    lines = [r.getMessage() for r in caplog.records if r.name == "tagger"]
+    assert any(line.startswith("tagging 250 sentences with ") for line in lines), lines
+    progress = [line for line in lines if line.startswith("tagged ")]
+    assert progress == [
+        "tagged 100 of 250 sentences (40%)",
+        "tagged 200 of 250 sentences (80%)",
+        "tagged 250 of 250 sentences (100%)",
+    ]
+    assert "topics" in pd.read_parquet(tmp_path / "out").columns
+
+
+TAGGER_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL)\s")
+MLFLOW_CHATTER = ("Registered model", "Created version", "Successfully registered", "alembic", "Downloading", "🏃")
+
+
+def only_tagger_lines(stderr: str) -> list[str]:
+    """The stderr lines that tagger did not write: neither a log line nor the body of one that ends in ':'."""
+    foreign, in_message = [], False
+    for line in stderr.splitlines():
+        if TAGGER_LINE.match(line):
+            in_message = line.rstrip().endswith(":")  # a score table follows
+        elif not (in_message and line.strip()) or any(text in line for text in MLFLOW_CHATTER):
+            foreign.append(line)
+    return foreign
+
+
+@pytest.mark.slow  # trains two small models, then promote, export and train as CLI processes (about 40 s)
+def test_train_promote_and_export_print_no_mlflow_chatter(small_train, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "TAGGER_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    quick = [f"data.train={small_train}", "evaluation.bootstrap_samples=0", "model.params.char_ngram_range=null"]
+    sets = [arg for value in quick for arg in ("--set", value)]
+
+    def tagger(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [sys.executable, "-m", "train.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        assert only_tagger_lines(done.stderr) == [], done.stderr
+        return done
+
+    tagger("train", "configs/stance/tfidf_logreg.yaml", *sets)
+    tagger("train", "configs/topic/tfidf_logreg.yaml", *sets)
+    tagger("promote", "--task", "stance")  # registers tagger-stance: MLflow would print three lines
+    promoted = tagger("promote", "--task", "topic")  # and tagger-topic, then the combined model
+    assert "tagger (topic + stance) v1 is now @champion" in promoted.stdout
+    exported = tmp_path / "exported"
+    tagger("export", "--task", "tagger", "--out", str(exported))
+    assert sorted(p.name for p in (exported / "artifacts").iterdir()) == ["stance", "topic"]
+    loud = subprocess.run(
+        [sys.executable, "-m", "train.cli", "-v", "promote", "--task", "topic", "--dry-run"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert loud.returncode == 0 and "DEBUG" in loud.stderr  # -v: everything, MLflow's own messages too

@@ -89,5 +89,5 @@ def test_a_logged_model_applies_its_offsets(tmp_path):
     with mlflow.start_run() as run:
         log_classifier(model, X, tmp_path / "work")
     loaded = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    assert set(loaded.predict(X)["label"]) == {labels[2]}
-    assert list(predict_frame(model, X)["label"]) == [labels[2]] * len(X)
+    assert set(loaded.predict(X)["stance"]) == {labels[2]}
+    assert list(predict_frame(model, X)["stance"]) == [labels[2]] * len(X)

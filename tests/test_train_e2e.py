@@ -97,7 +97,7 @@ def test_topic_run_logs_everything(small_train, tmp_path):
     )
     rows = [json.loads(x) for x in lines.stdout.strip().splitlines()]
     assert len(rows) == 2 and set(rows[0]["scores"]) == {"security", "energy", "trade", "diplomacy"}
-    assert "energy" in rows[0]["labels"]
+    assert "energy" in rows[0]["topics"]
 
     # runs table: the run is listed with its metric
     listing = run_cli("runs", "--task", "topic", "--json")
@@ -123,7 +123,7 @@ def test_stance_run_uses_target_and_favg(small_train):
         input="Ankara and Baghdad signed five agreements to deepen cooperation.\n",
     )
     row = json.loads(result.stdout)
-    assert row["target"] == "closer Turkey–Iraq ties" and row["label"] in {"favor", "against", "neutral"}
+    assert row["target"] == "closer Turkey–Iraq ties" and row["stance"] in {"favor", "against", "neutral"}
 
 
 def test_leaked_training_data_is_refused_before_any_run(small_train, tmp_path):

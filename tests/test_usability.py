@@ -45,7 +45,7 @@ def test_combined_model_predicts_from_the_cli(registry, tmp_path):
 def test_stance_predict_defaults_the_target(registry):
     run_id = registry[0][("stance", "tfidf_logreg")]
     row = json.loads(invoke("predict", run_id, "--input", "-", input="Talks resumed.\n").stdout)
-    assert row["target"] == "closer Iran–Iraq ties" and row["label"] in {"favor", "against", "neutral"}
+    assert row["target"] == "closer Iran–Iraq ties" and row["stance"] in {"favor", "against", "neutral"}
 
 
 def test_training_prints_scores_and_describes_the_run(registry):

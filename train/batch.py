@@ -41,6 +41,8 @@ DEFAULT_MODEL = "models:/tagger@champion"
 SUCCESS = "_SUCCESS"  # written last: the output folder is complete (the marker Spark writes too)
 TEMPORARY = "_temporary"  # the part being written and a downloaded model copy, until the run ends
 PART = "part-00000.parquet"
+PIECE_ROWS = 1_000  # rows per model call: the unit of progress and of work for the worker processes
+PROGRESS_SECONDS = 5.0  # how often a run without a terminal logs how far it got
 
 
 @dataclass(frozen=True)
@@ -390,20 +392,41 @@ def _tag_chunk(frame: pd.DataFrame) -> pd.DataFrame:
     return _WORKER_MODEL.predict(frame)
 
 
-def tagged_chunks(job: BatchJob, folder: str, model, workers: int) -> Iterator[tuple[Path, pd.DataFrame, pd.DataFrame]]:
-    """(file, input chunk, model output) in input order; ``workers`` processes tag chunks side by side.
+def pieces(frame: pd.DataFrame, size: int | None = None) -> list[pd.DataFrame]:
+    """``frame`` in consecutive pieces of at most ``size`` rows (default ``PIECE_ROWS``; one model call each)."""
+    size = size or PIECE_ROWS
+    return [frame.iloc[i : i + size] for i in range(0, len(frame), size)] or [frame]
 
-    ``model`` (loaded from the local ``folder``) tags in this process when ``workers`` is 1; otherwise each
-    worker loads it once from ``folder`` and dies with this process; at most two chunks per worker are in
-    flight, so memory stays bounded whatever the input size.
+
+def joined(outputs: list[pd.DataFrame]) -> pd.DataFrame:
+    return outputs[0] if len(outputs) == 1 else pd.concat(outputs, ignore_index=True)
+
+
+def tagged_chunks(
+    job: BatchJob, folder: str, model, workers: int, progress=None
+) -> Iterator[tuple[Path, pd.DataFrame, pd.DataFrame]]:
+    """(file, input chunk, model output) in input order; ``workers`` processes tag pieces side by side.
+
+    Each chunk is tagged in pieces of ``PIECE_ROWS`` rows; ``progress(rows)`` is called as each piece is
+    done, so progress shows for any input size. ``model`` (loaded from the local ``folder``) tags in this
+    process when ``workers`` is 1; otherwise each worker loads it once from ``folder`` and dies with this
+    process; at most two pieces per worker (and their chunks) are in flight, so memory stays bounded
+    whatever the input size.
     """
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
+    def done(rows: int):
+        return lambda _future: progress(rows) if progress else None
+
     if workers == 1:
         for path, chunk in read_chunks(job):
-            yield path, chunk, model.predict(model_frame(job, chunk, path))
+            outputs = []
+            for piece in pieces(model_frame(job, chunk, path)):
+                outputs.append(model.predict(piece))
+                done(len(piece))(None)
+            yield path, chunk, joined(outputs)
         return
     pool = ProcessPoolExecutor(
         workers, mp_context=get_context("spawn"), initializer=_load_worker_model, initargs=(folder, os.getpid())
@@ -411,15 +434,43 @@ def tagged_chunks(job: BatchJob, folder: str, model, workers: int) -> Iterator[t
     try:
         pending: deque = deque()
         for path, chunk in read_chunks(job):
-            pending.append((path, chunk, pool.submit(_tag_chunk, model_frame(job, chunk, path))))
-            if len(pending) >= 2 * workers:
-                path, done, future = pending.popleft()
-                yield path, done, future.result()
+            futures = []
+            for piece in pieces(model_frame(job, chunk, path)):
+                futures.append(pool.submit(_tag_chunk, piece))
+                futures[-1].add_done_callback(done(len(piece)))
+            pending.append((path, chunk, futures))
+            while sum(len(f) for _, _, f in pending) >= 2 * workers and len(pending) > 1:
+                path, ready, futures = pending.popleft()
+                yield path, ready, joined([future.result() for future in futures])
         while pending:
-            path, done, future = pending.popleft()
-            yield path, done, future.result()
+            path, ready, futures = pending.popleft()
+            yield path, ready, joined([future.result() for future in futures])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ProgressLog:
+    """How far a batch got, on stderr, for any input size: a start line, then (without a terminal, where
+    no bar shows) the rows and share done at most every ``PROGRESS_SECONDS``; the caller logs the end."""
+
+    def __init__(self, total: int | None, workers: int, model: str):
+        self.total, self.rows, self.lock = total, 0, threading.Lock()
+        self.last = time.monotonic()
+        self.log_lines = not sys.stderr.isatty()
+        what = f"{total} sentences" if total is not None else "the sentences"
+        log.info("tagging %s with %s (%d worker%s)", what, model, workers, "s" if workers > 1 else "")
+
+    def __call__(self, rows: int) -> None:
+        with self.lock:  # pieces finish on the pool's threads
+            self.rows += rows
+            now = time.monotonic()
+            if not self.log_lines or now - self.last < PROGRESS_SECONDS:
+                return
+            self.last = now
+        if self.total:
+            log.info("tagged %d of %d sentences (%.0f%%)", self.rows, self.total, 100 * self.rows / self.total)
+        else:
+            log.info("tagged %d sentences", self.rows)
 
 
 def open_output(output: Path, replace: bool) -> tuple[int, Path | None]:
@@ -580,7 +631,13 @@ def tag_local(job: BatchJob, workers: int | None = None) -> dict:
         columns = [TextColumn("tagging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
         with Progress(*columns, disable=not sys.stderr.isatty(), transient=True) as progress:
             bar = progress.add_task("tagging", total=total)
-            with closing(tagged_chunks(job, folder, model, workers)) as chunks:
+            logged = ProgressLog(total, workers, job.model)
+
+            def advance(piece_rows: int) -> None:
+                progress.update(bar, advance=piece_rows)
+                logged(piece_rows)
+
+            with closing(tagged_chunks(job, folder, model, workers, advance)) as chunks:
                 for path, chunk, tagged in chunks:
                     tagged = tagged.set_index(chunk.index)
                     chunk = chunk.rename(columns=renamed_inputs(list(chunk.columns), list(tagged.columns)))
@@ -593,9 +650,6 @@ def tag_local(job: BatchJob, workers: int | None = None) -> dict:
                     except OSError as exc:
                         raise TaggerError(f"{job.output}: cannot write ({exc.strerror or exc})") from None
                     rows += len(chunk)
-                    progress.update(bar, advance=len(chunk))
-                    if not sys.stderr.isatty():
-                        log.info("tagged %d of %s sentences", rows, total)
         if writer is None:
             raise TaggerError(f"{job.source}: no rows to tag")
         try:

@@ -49,7 +49,7 @@ def cli(verbose: bool) -> None:
         format="%(asctime)s %(levelname)-7s %(message)s",
         datefmt="%H:%M:%S",
     )
-    quiet_libraries()
+    quiet_libraries(verbose)  # -v also lets MLflow's own messages through
 
 
 @cli.command()

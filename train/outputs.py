@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from train.domain import TARGET_COLUMN, TEXT_COLUMN
+from train.domain import LABEL_COLUMNS, TARGET_COLUMN, TEXT_COLUMN
 from train.models.base import TextClassifier
 
 SCORE_DECIMALS = 4  # JSON scores are rounded; DataFrame scores are kept as computed
@@ -29,7 +29,10 @@ def model_inputs(inputs: pd.DataFrame, default_target: str | None = "") -> pd.Da
 
 
 def _key(classifier: TextClassifier) -> str:
-    return "labels" if classifier.multilabel else "label"
+    """The output column of a classifier's decision: ``topics`` (multi-label) or ``stance`` (multi-class),
+    the names the combined model, ``tagger tag``, the HTTP service and the data files use (older taggers'
+    one-task models wrote ``labels``/``label``)."""
+    return LABEL_COLUMNS["multilabel" if classifier.multilabel else "multiclass"]
 
 
 def _rounded(labels: list[str], row: np.ndarray) -> dict[str, float]:
@@ -37,7 +40,7 @@ def _rounded(labels: list[str], row: np.ndarray) -> dict[str, float]:
 
 
 def classifier_frame(classifier: TextClassifier, proba: np.ndarray) -> pd.DataFrame:
-    """``labels`` (multi-label) or ``label`` (multi-class), then ``score_<label>`` per label."""
+    """``topics`` (multi-label) or ``stance`` (multi-class), then ``score_<label>`` per label."""
     out = pd.DataFrame({_key(classifier): classifier.decide(proba)})
     for j, label in enumerate(classifier.labels):
         out[f"score_{label}"] = proba[:, j]
@@ -45,7 +48,7 @@ def classifier_frame(classifier: TextClassifier, proba: np.ndarray) -> pd.DataFr
 
 
 def classifier_records(classifier: TextClassifier, proba: np.ndarray) -> list[dict]:
-    """``{"labels"|"label": ..., "scores": {label: score}}`` per sentence."""
+    """``{"topics"|"stance": ..., "scores": {label: score}}`` per sentence."""
     return [
         {_key(classifier): decided, "scores": _rounded(classifier.labels, row)}
         for decided, row in zip(classifier.decide(proba), proba, strict=True)

@@ -38,7 +38,7 @@ log = logging.getLogger("tagger")
 
 class TaggerModel(mlflow.pyfunc.PythonModel):
     """Input: a DataFrame with ``text`` (and ``target`` for stance). Output, one row per sentence:
-    ``labels`` (multi-label: the chosen labels) or ``label`` (multi-class), and ``score_<label>``."""
+    ``topics`` (multi-label: the chosen labels) or ``stance`` (multi-class), and ``score_<label>``."""
 
     def __init__(self, classifier: TextClassifier | None = None):
         self.classifier = classifier
@@ -323,11 +323,34 @@ def log_classifier(model: TextClassifier, example: pd.DataFrame, workdir: Path):
     return mlflow.pyfunc.log_model(name="model", **classifier_model_arguments(model, example, workdir))
 
 
+def named_folder(folder: Path, name: str) -> Path:
+    """``folder`` under the name ``name``: MLflow saves each artifact folder under its own base name, and
+    numbers folders that share one (two ``classifier`` folders became ``artifacts/0`` and ``artifacts/1``).
+    A folder of another name is linked (or copied) to ``<folder>.named/<name>`` beside it."""
+    import shutil
+
+    if folder.name == name:
+        return folder
+    target = folder.with_name(f"{folder.name}.named") / name
+    if target.exists():
+        shutil.rmtree(target)
+
+    def link(source: str, destination: str) -> None:
+        try:
+            os.link(source, destination)  # no copy of the weights where the file system allows
+        except OSError:
+            shutil.copy2(source, destination)
+
+    shutil.copytree(folder, target, copy_function=link)
+    return target
+
+
 def bundle_model_arguments(folders: dict[str, str]) -> dict:
     """What ``mlflow.pyfunc.log_model``/``save_model`` need for a topic + stance ``TaggerBundle``.
 
     ``folders`` maps ``topic`` and ``stance`` to saved classifier folders (a model's ``artifacts/classifier``);
-    a classifier pickled by an older tagger is re-saved in the data format beside its folder first.
+    a classifier pickled by an older tagger is re-saved in the data format beside its folder first. The
+    model holds them as ``artifacts/topic`` and ``artifacts/stance`` (``named_folder``).
     The signature makes ``target`` optional (the default target is used where it is missing).
     """
     from mlflow.models import ModelSignature, infer_signature
@@ -340,6 +363,7 @@ def bundle_model_arguments(folders: dict[str, str]) -> dict:
             migrated = Path(f"{folders[task]}.data")
             legacy.load_pickled(Path(folders[task])).save(migrated)
             folders[task] = str(migrated)
+        folders[task] = str(named_folder(Path(folders[task]), task))
     topic, stance = (TextClassifier.load(Path(folders[task])) for task in ("topic", "stance"))
     outputs = infer_signature(example, tag_frame(topic, stance, *score_pair(topic, stance, example))).outputs
     inputs = Schema([ColSpec("string", "text"), ColSpec("string", "target", required=False)])
@@ -364,7 +388,7 @@ def predict_records(
     """Tag sentence dicts (``text``, optional ``target``) with a one-task model or the combined model.
 
     Rows without a target get ``target``. Returns each row with the model's output added
-    (``labels``/``label`` and ``scores``, or ``topics``/``topic_scores``/``stance``/``stance_scores``),
+    (``topics``/``stance`` and ``scores``, or ``topics``/``topic_scores``/``stance``/``stance_scores``),
     and, with ``adjust_priors``, each task's label priors {label: (tuned, this batch)}: the scores are
     then adjusted to the priors EM estimates on these rows (``train.models.prior_shift``).
     """
