@@ -275,9 +275,27 @@ def short_header(column: str) -> str:
     return header[:-3] + " CI" if header.endswith("_ci") else header
 
 
-NAME_WIDTH = 22  # a run name longer than this is cut in the narrow table (``--wide``: whole)
+NAME_WIDTH = 24  # a run name longer than this is cut in its middle in the narrow table (``--wide``: whole)
 GIVE_WAY = ("run_name", "family")  # the columns the narrow table cuts to fit
 NARROW_DROPS = ("started",)  # left out of the narrow table (``--wide`` and ``--json`` have them)
+
+
+def middle_cut(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters in its middle: ``tfidf_logreg-cv5x1-1206-231046`` ->
+    ``tfidf_logre…1206-231046``."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[-(width - 1 - head) :]
+
+
+def four_decimals(table: pd.DataFrame) -> pd.DataFrame:
+    """Float columns as text with 4 decimals (``0.8`` -> ``0.8000``), so that scores line up."""
+    table = table.copy()
+    for column in table.columns:
+        if table[column].dtype.kind == "f":
+            table[column] = [None if pd.isna(v) else f"{v:.4f}" for v in table[column]]
+    return table
 
 
 def narrow_view(table: pd.DataFrame, known_ids: list[str] | None = None) -> pd.DataFrame:
@@ -288,9 +306,9 @@ def narrow_view(table: pd.DataFrame, known_ids: list[str] | None = None) -> pd.D
     shown = table.drop(columns=[c for c in NARROW_DROPS if c in table.columns])
     if "run_id" in shown.columns and len(shown):
         shown["run_id"] = short_ids(shown["run_id"].astype(str).tolist(), known_ids or shown["run_id"].tolist())
-    for column in list(shown.columns):
-        if shown[column].dtype.kind == "f":  # 0.8 -> 0.8000: scores line up
-            shown[column] = [None if pd.isna(v) else f"{v:.4f}" for v in shown[column]]
+    if "run_name" in shown.columns:  # names end in their time stamp: keep both ends
+        shown["run_name"] = [middle_cut(v, NAME_WIDTH) if isinstance(v, str) else v for v in shown["run_name"]]
+    shown = four_decimals(shown)
     for column in list(shown.columns):
         companion = f"{column}_ci"
         if companion in shown.columns:
@@ -314,9 +332,7 @@ def render_table(table: pd.DataFrame, metric: str, width: int | None = None, wid
     from rich.console import Console
     from rich.table import Table
 
-    shown = table.copy()
-    if not wide:
-        shown = narrow_view(shown, table.attrs.get("known_ids"))
+    shown = narrow_view(table, table.attrs.get("known_ids")) if not wide else four_decimals(table)
     subject = "macro F1" if metric.endswith("f1_macro") else metric
     title = f"runs by {metric}" if wide else f"runs by {metric} ({subject}; run: id prefix, any command takes it)"
     out = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))  # columns 2 apart
