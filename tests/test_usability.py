@@ -23,7 +23,8 @@ def test_runs_table_shows_uncut_short_ids_on_a_narrow_terminal_and_whole_ones_wi
     out = capsys.readouterr().out
     assert all(f" {run_id[:8]} " in f" {out} ".replace("\n", " \n ") for run_id in table["run_id"])
     render_table(table, "seeds/f1_macro", width=200, wide=True)
-    assert all(run_id in capsys.readouterr().out for run_id in table["run_id"])
+    wide = capsys.readouterr().out
+    assert all(run_id in wide for run_id in table["run_id"]), wide
 
 
 def test_metric_typo_gets_a_suggestion(registry):
