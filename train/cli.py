@@ -494,6 +494,11 @@ def migrate(model: str, out: str | None) -> None:
     type=click.IntRange(1, 100_000),
     help="Open connections at most; one more is answered 503 and closed.",
 )
+@click.option(
+    "--log-text",
+    is_flag=True,
+    help="Put the tagged sentences in the JSON access log (stderr); by default it has no text.",
+)
 @backend_options(default="auto")
 def serve(
     host,
@@ -508,6 +513,7 @@ def serve(
     header_timeout,
     keep_alive_timeout,
     max_connections,
+    log_text,
     backend,
     force_backend,
 ) -> None:
@@ -531,6 +537,7 @@ def serve(
         request_timeout=request_timeout,
         admin_token=admin_token,
         admin_origin=admin_origin,
+        log_text=log_text,
     )
     if admin_token is None:
         log.info("admin endpoints disabled (set TAGGER_ADMIN_TOKEN or --admin-token-file to enable reload)")

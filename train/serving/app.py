@@ -3,7 +3,8 @@
 ``POST /v1/tag`` tags ``{"text": ...}`` (split into sentences, with offsets) or ``{"sentences": [...]}``,
 with an optional target; ``GET /healthz``, ``/readyz``, ``/v1/models``; ``POST /v1/admin/reload``
 (bearer token, JSON, no origin or an allowed one) swaps in the current champions while in-flight
-requests finish on the old ones; ``GET /`` is a small tagging page.
+requests finish on the old ones; ``GET /`` is a small tagging page; ``GET /metrics`` the Prometheus
+metrics, and each request is logged as one JSON line on ``tagger.access`` (``train.serving.metrics``).
 
 Limits keep one request from hurting others: oversize bodies and too many sentences answer 413,
 malformed input 422, a body that is not sent in time 408, and a request that runs, or would wait,
@@ -29,7 +30,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,6 +38,7 @@ from train.data.sentences import MAX_SENTENCE_CHARS, is_blank
 from train.domain import DEFAULT_TARGET
 from train.errors import DeadlineExceeded, TaggerError
 from train.serving.batching import Busy, MicroBatcher, ModelCallError, Splitter, guarded
+from train.serving.metrics import CONTENT_TYPE, AccessLog, ServiceMetrics
 from train.serving.tagger import Tagger
 
 log = logging.getLogger("tagger")
@@ -227,8 +229,14 @@ def create_app(
     request_timeout: float = 30.0,
     admin_token: str | None = None,
     admin_origin: list[str] | tuple[str, ...] = (),
+    log_text: bool = False,
+    metrics: bool = True,
+    access_log: bool = True,
 ) -> FastAPI:
     """Build the app; ``load`` is called now (start-up errors surface before serving) and on reload.
+
+    ``log_text`` puts the tagged sentences in the access log. ``metrics`` and ``access_log`` False
+    (internal: the overhead bench) leave out ``/metrics`` and the access log.
 
     ``request_timeout`` bounds each request: reading its body, splitting its text and waiting for
     its tags. ``admin_token`` enables ``/v1/admin/reload`` (disabled without one); ``admin_origin``
@@ -242,7 +250,10 @@ def create_app(
         return tagger
 
     state = {"tagger": load_warm()}
-    batcher = MicroBatcher(lambda: state["tagger"])
+    service_metrics = ServiceMetrics() if metrics else None
+    if service_metrics is not None:
+        service_metrics.models(state["tagger"])
+    batcher = MicroBatcher(lambda: state["tagger"], metrics=service_metrics)
     batcher.calibrate(state["tagger"])
     splitter = Splitter(max_sentences)
     reload_lock = asyncio.Lock()  # an asyncio lock: a thread lock held across an await deadlocked the loop
@@ -265,6 +276,9 @@ def create_app(
         swagger_ui_parameters={"validatorUrl": None},
     )
     app.add_middleware(BodyLimit, max_body_bytes=max_body_bytes, read_timeout=min(request_timeout, 10.0))
+    # outermost (added last): it sees every answer, the body limits' included
+    app.add_middleware(AccessLog, metrics=service_metrics, log=access_log, log_text=log_text)
+    app.state.metrics = service_metrics  # its .registry takes other parts' collectors
     app.add_exception_handler(RequestValidationError, validation_error)
 
     # the endpoints that do no work are `async def`: answered on the event loop, they never wait for a
@@ -330,9 +344,21 @@ def create_app(
             try:
                 state["tagger"] = await run_in_threadpool(guarded, load_warm)
             except ModelCallError as exc:
+                if service_metrics is not None:
+                    service_metrics.reloads["failure"].inc()
                 raise HTTPException(500, f"reload failed, still serving the previous models: {exc}") from None
+        if service_metrics is not None:
+            service_metrics.reloads["success"].inc()
+            service_metrics.models(state["tagger"])
         log.info("reloaded models: %s", state["tagger"].versions)
         return {"status": "reloaded", "models": state["tagger"].versions}
+
+    if service_metrics is not None:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus_metrics() -> Response:
+            """The Prometheus text format (on the event loop: the queue gauges read the batcher's state)."""
+            return Response(service_metrics.latest(), media_type=CONTENT_TYPE)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:

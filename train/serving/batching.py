@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from train.errors import TaggerError
+from train.serving.metrics import ServiceMetrics, current_request
 from train.serving.tagger import SPLIT_BLOCK_CHARS, Tagger, sentence_dicts
 
 log = logging.getLogger("tagger")
@@ -95,6 +96,7 @@ class _Job:
         self.tagger: Tagger | None = None  # fixed at its first batch: a reload never mixes models in one answer
         self.done = 0  # sentences tagged so far
         self.results: list[dict] = []
+        self.model_seconds = 0.0  # time of the model calls that tagged its sentences
 
     @property
     def chars_left(self) -> int:
@@ -106,9 +108,14 @@ class MicroBatcher:
     ``max_batch_chars`` characters (the cost of a model call grows with both), least work left first."""
 
     def __init__(
-        self, get_tagger: Callable[[], Tagger], max_batch_sentences: int = 256, max_batch_chars: int = 32_000
+        self,
+        get_tagger: Callable[[], Tagger],
+        max_batch_sentences: int = 256,
+        max_batch_chars: int = 32_000,
+        metrics: ServiceMetrics | None = None,
     ):
         self.get_tagger = get_tagger
+        self.metrics = metrics
         self.max_batch_sentences = max_batch_sentences
         self.max_batch_chars = max_batch_chars
         self.speed = Speed(small=200)  # seconds per character; calls of a sentence or two give the fixed cost
@@ -116,6 +123,11 @@ class MicroBatcher:
         self._pending: list[_Job] = []
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        if metrics is not None:  # read when /metrics is scraped (on the event loop, as the queue changes)
+            metrics.queue_depth.set_function(lambda: sum(not job.future.done() for job in self._pending))
+            metrics.queue_sentences.set_function(
+                lambda: sum(len(job.sentences) - job.done for job in self._pending if not job.future.done())
+            )
 
     def calibrate(self, tagger: Tagger) -> None:
         """Measure the models on a few sentences, so that the first estimates mean something."""
@@ -145,7 +157,17 @@ class MicroBatcher:
             self._worker = asyncio.create_task(self._run())
         self._pending.append(job)
         self._wake.set()
-        return await job.future
+        try:
+            return await job.future
+        finally:
+            record = current_request()
+            if record is not None:  # the access log's fields
+                record["sentences"] = len(sentences)
+                record["model_seconds"] = job.model_seconds
+                if "text" in record:  # --log-text
+                    record["text"] = [s["text"] for s in sentences]
+            if self.metrics is not None:
+                self.metrics.request_sentences.observe(len(sentences))
 
     def _take(self) -> tuple[Tagger, list[tuple[_Job, int, int]]]:
         """The next batch: slices ``(job, start, end)`` of the jobs with the least work left, all on the
@@ -208,7 +230,12 @@ class MicroBatcher:
         flat = [{**s, "target": job.target} for job, start, end in batch for s in job.sentences[start:end]]
         began = time.monotonic()
         results = guarded(tagger.tag_sentences, flat, None)
-        self.speed.add(sum(len(s["text"]) for s in flat), time.monotonic() - began)
+        seconds = time.monotonic() - began
+        self.speed.add(sum(len(s["text"]) for s in flat), seconds)
+        for job, _, _ in batch:
+            job.model_seconds += seconds
+        if self.metrics is not None:
+            self.metrics.batch(len(flat), seconds, results)
         return results
 
     def _answer(self, part: tuple[_Job, int, int], results: list[dict]) -> None:
