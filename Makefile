@@ -109,11 +109,13 @@ browser:
 		else echo "not root: chromium not installed, browser tests will be skipped"; fi; \
 	fi
 
-# Debian's PostgreSQL (tracking-server tests) and Java (Spark tests), as root; tests skip with a reason without them
+# Debian's PostgreSQL (tracking-server tests), Java (Spark tests) and Prometheus (the /metrics scrape test),
+# as root; tests skip with a reason without them
 services:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
