@@ -499,6 +499,35 @@ def migrate(model: str, out: str | None) -> None:
     is_flag=True,
     help="Put the tagged sentences in the JSON access log (stderr); by default it has no text.",
 )
+@click.option(
+    "--drift-window",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(100, 1_000_000),
+    help="Sentences in the window whose label priors GET /v1/drift re-estimates (EM) and compares with training's.",
+)
+@click.option(
+    "--drift-max-age",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(1.0),
+    help="Seconds a sentence stays in the drift window at most.",
+)
+@click.option(
+    "--drift-threshold",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    help="Divergence (total variation of the label priors) over which a task's drift alarm is on.",
+)
+@click.option(
+    "--adjust-priors",
+    "adjust_priors",
+    default="off",
+    show_default=True,
+    type=click.Choice(["off", "live"]),
+    help="live: adjust each decision to the label priors of the drift window (as predict --adjust-priors does).",
+)
 @backend_options(default="auto")
 def serve(
     host,
@@ -514,12 +543,17 @@ def serve(
     keep_alive_timeout,
     max_connections,
     log_text,
+    drift_window,
+    drift_max_age,
+    drift_threshold,
+    adjust_priors,
     backend,
     force_backend,
 ) -> None:
     """Serve tagging over HTTP (FastAPI + uvicorn): POST /v1/tag, /healthz, /readyz, /v1/models, web page at /."""
     from train.inputs import read_admin_token
     from train.serving.app import create_app, listen, run_server
+    from train.serving.drift import DriftSettings
     from train.serving.tagger import Tagger
 
     admin_token = read_admin_token(admin_token_file)
@@ -538,6 +572,7 @@ def serve(
         admin_token=admin_token,
         admin_origin=admin_origin,
         log_text=log_text,
+        drift=DriftSettings(drift_window, drift_max_age, drift_threshold, live=adjust_priors == "live"),
     )
     if admin_token is None:
         log.info("admin endpoints disabled (set TAGGER_ADMIN_TOKEN or --admin-token-file to enable reload)")

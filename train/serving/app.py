@@ -38,6 +38,8 @@ from train.data.sentences import MAX_SENTENCE_CHARS, is_blank
 from train.domain import DEFAULT_TARGET
 from train.errors import DeadlineExceeded, TaggerError
 from train.serving.batching import Busy, MicroBatcher, ModelCallError, Splitter, guarded
+from train.serving.drift import DriftCollector, DriftSettings
+from train.serving.drift import attach as attach_drift
 from train.serving.metrics import CONTENT_TYPE, AccessLog, ServiceMetrics
 from train.serving.tagger import Tagger
 
@@ -232,6 +234,7 @@ def create_app(
     log_text: bool = False,
     metrics: bool = True,
     access_log: bool = True,
+    drift: DriftSettings | None = None,
 ) -> FastAPI:
     """Build the app; ``load`` is called now (start-up errors surface before serving) and on reload.
 
@@ -240,9 +243,11 @@ def create_app(
 
     ``request_timeout`` bounds each request: reading its body, splitting its text and waiting for
     its tags. ``admin_token`` enables ``/v1/admin/reload`` (disabled without one); ``admin_origin``
-    lists the web origins allowed to call it from a browser (none by default).
+    lists the web origins allowed to call it from a browser (none by default). ``drift``: how the label
+    mix of served sentences is watched (``train.serving.drift``; default settings when None).
     """
     origins = admin_origins(admin_origin)
+    drift_settings = drift or DriftSettings()
 
     def load_warm() -> Tagger:
         tagger = load()
@@ -255,6 +260,7 @@ def create_app(
         service_metrics.models(state["tagger"])
     batcher = MicroBatcher(lambda: state["tagger"], metrics=service_metrics)
     batcher.calibrate(state["tagger"])
+    attach_drift(state["tagger"], drift_settings)  # after warm-up and calibration: it sees served sentences only
     splitter = Splitter(max_sentences)
     reload_lock = asyncio.Lock()  # an asyncio lock: a thread lock held across an await deadlocked the loop
     page_html = resources.files("train.serving").joinpath("static/index.html").read_text(encoding="utf-8")
@@ -264,6 +270,8 @@ def create_app(
         yield
         batcher.close()
         splitter.close()
+        if state["tagger"].drift is not None:
+            state["tagger"].drift.close()
 
     # FastAPI's /docs loads Swagger UI from a CDN and is blank offline; fastapi-offline serves the
     # same assets from the installed package
@@ -342,7 +350,10 @@ def create_app(
             raise HTTPException(422, "the admin request body must be a JSON object, e.g. {}")
         async with reload_lock:
             try:
-                state["tagger"] = await run_in_threadpool(guarded, load_warm)
+                previous = state["tagger"]
+                state["tagger"] = await run_in_threadpool(guarded, lambda: attach_drift(load_warm(), drift_settings))
+                if previous.drift is not None:  # new models, new window
+                    previous.drift.close()
             except ModelCallError as exc:
                 if service_metrics is not None:
                     service_metrics.reloads["failure"].inc()
@@ -359,6 +370,15 @@ def create_app(
         async def prometheus_metrics() -> Response:
             """The Prometheus text format (on the event loop: the queue gauges read the batcher's state)."""
             return Response(service_metrics.latest(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/drift")
+    async def drift_report() -> dict:
+        """Per task: the window, its estimated label priors, the training priors, divergence and alarm."""
+        tagger = state["tagger"]
+        return {"models": tagger.versions, **(tagger.drift.report() if tagger.drift is not None else {})}
+
+    if service_metrics is not None:
+        service_metrics.registry.register(DriftCollector(lambda: state["tagger"].drift))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -13,6 +14,9 @@ from train.errors import TaggerError
 from train.models.base import TextClassifier
 from train.outputs import score_pair, tag_records
 from train.tracking.packaging import load_classifier, model_uri, set_backend
+
+if TYPE_CHECKING:
+    from train.serving.drift import Drift
 
 log = logging.getLogger("tagger")
 
@@ -38,6 +42,7 @@ class Tagger:
     topic: TextClassifier
     stance: TextClassifier
     versions: dict[str, str] = field(default_factory=dict)
+    drift: Drift | None = None  # watches the label mix of what is tagged (set by the service, train.serving.drift)
 
     @classmethod
     def load(
@@ -85,7 +90,11 @@ class Tagger:
         frame = pd.DataFrame(
             {"text": [s["text"] for s in sentences], "target": [s.get("target") or target for s in sentences]}
         )
-        records = tag_records(self.topic, self.stance, *score_pair(self.topic, self.stance, frame))
+        topic_proba, stance_proba = score_pair(self.topic, self.stance, frame)
+        if self.drift is not None:  # the window takes the raw scores; with live priors, the decision adjusted ones
+            scores = self.drift.observe({"topic": topic_proba, "stance": stance_proba})
+            topic_proba, stance_proba = scores["topic"], scores["stance"]
+        records = tag_records(self.topic, self.stance, topic_proba, stance_proba)
         return [
             {"index": i, "text": s["text"], "start": s.get("start"), "end": s.get("end"), **record}
             for i, (s, record) in enumerate(zip(sentences, records, strict=True))
