@@ -146,6 +146,7 @@ bench: $(STAMP)
 	$(MAKE) --no-print-directory install-spark && $(PY) bench/batch.py --output bench/batch.json
 	$(PY) bench/batch.py --family static_logreg --engines local --output bench/batch_static.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/serving.py --output bench/serving.json
+	$(PY) bench/serving_overhead.py --output bench/serving_overhead.json
 
 # concurrent trainings; kill -9 of train, cv, sweep, promote and tag-batch; 244 bad inputs; 45 big texts
 # while /healthz is timed; 600 slow-header and idle connections; a 5-minute soak with reloads; the JSON

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import ROOT, free_port
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -178,6 +178,17 @@ def test_prometheus_scrapes_the_request_counter(server, tmp_path):
             result = r.json()["data"]["result"] if r.status_code == 200 else []
             if result:
                 found = float(result[0]["value"][1])
+        # every query of the shipped Grafana dashboard is PromQL that this Prometheus accepts
+        dashboard = json.loads((ROOT / "docs/grafana/tagger-dashboard.json").read_text(encoding="utf-8"))
+        queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+        answers = [
+            httpx.get(
+                f"http://127.0.0.1:{port}/api/v1/query",
+                params={"query": q.replace("$__rate_interval", "1m").replace("$job", ".*")},
+                timeout=5,
+            ).json()
+            for q in queries
+        ]
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -185,3 +196,4 @@ def test_prometheus_scrapes_the_request_counter(server, tmp_path):
         output = log.read().decode(errors="replace")
         log.close()
     assert found == start + 7, output[-2000:]
+    assert len(queries) >= 10 and [a["status"] for a in answers] == ["success"] * len(queries), answers
