@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -61,6 +62,42 @@ def test_page_tags_a_pasted_article(browser, server):
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "tagging_page.png"))
     assert (ARTIFACTS / "tagging_page.png").stat().st_size > 5000
+
+
+def test_page_highlights_the_words_behind_each_label(browser, server):
+    """The explanations are drawn on the text (colour by direction, the label in the tooltip); the
+    screenshot is the one docs/serving.md shows."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/")
+    text = "Iran and Iraq signed a gas supply deal in Baghdad. Militias fired rockets at a base near the border."
+    browser.find_element(By.ID, "text").send_keys(text)
+    browser.find_element(By.ID, "target").send_keys("closer Iran–Iraq ties")
+    assert browser.find_element(By.ID, "explain").is_selected()  # on by default
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#result .sentence")) == 2)
+    first = browser.find_elements(By.CSS_SELECTOR, "#result .sentence")[0]
+    marks = first.find_elements(By.CSS_SELECTOR, "mark.word")
+    assert marks, "no highlighted words"
+    stance = first.get_attribute("data-stance")
+    tagged = {stance, *[b.text for b in first.find_elements(By.CSS_SELECTOR, ".badge.topic")]}
+    for mark in marks:
+        assert mark.text in text
+        assert {"up", "down"} & set(mark.get_attribute("class").split())
+        assert mark.get_attribute("data-label") in tagged
+        label = mark.get_attribute("data-label")
+        assert f"supports {label}" in mark.get_attribute("title") or f"against {label}" in mark.get_attribute("title")
+    assert browser.find_element(By.ID, "legend").is_displayed()
+    first.find_element(By.CSS_SELECTOR, ".badge[data-task=stance]").click()  # one label's words only
+    assert {m.get_attribute("data-label") for m in first.find_elements(By.CSS_SELECTOR, "mark.word")} == {stance}
+    first.find_element(By.CSS_SELECTOR, ".badge[data-task=stance]").click()
+    browser.set_window_size(1000, 330)
+    browser.execute_script("document.getElementById('legend').scrollIntoView()")
+    DOCS_IMAGES.mkdir(exist_ok=True)
+    browser.save_screenshot(str(DOCS_IMAGES / "explanations.png"))
+    browser.set_window_size(1200, 900)
+    assert (DOCS_IMAGES / "explanations.png").stat().st_size > 5000
 
 
 def test_page_shows_validation_errors(browser, server):

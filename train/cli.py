@@ -354,8 +354,10 @@ def promote(task: str, metric: str, dry_run: bool, rollback: bool, cross_validat
 @click.option("--topic-model", default=None, help="Topic model URI (default models:/tagger-topic@champion).")
 @click.option("--stance-model", default=None, help="Stance model URI (default models:/tagger-stance@champion).")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines, one sentence per line.")
+@click.option("--explain", is_flag=True, help="Show the words that pushed each label up and down ('explanation').")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 50), help="--explain: words each way.")
 @backend_options()
-def tag(text, source, target, topic_model, stance_model, as_json, backend, force_backend) -> None:
+def tag(text, source, target, topic_model, stance_model, as_json, explain, top_k, backend, force_backend) -> None:
     """Split TEXT (or --input) into sentences and tag each with topics and stance."""
     from train.domain import DEFAULT_TARGET
     from train.inputs import read_source
@@ -371,6 +373,11 @@ def tag(text, source, target, topic_model, stance_model, as_json, backend, force
         raise TaggerError("--target is empty")
     tagger = Tagger.load(topic_model, stance_model, backend, force_backend)
     results = tagger.tag_text(text, target or DEFAULT_TARGET)
+    if explain:
+        stances = [[row["stance"]] for row in results]
+        explained = tagger.explain_sentences(results, target or DEFAULT_TARGET, top_k, stances)
+        for row, explanation in zip(results, explained, strict=True):
+            row["explanation"] = explanation
     if as_json:
         for row in results:
             click.echo(json.dumps(row, ensure_ascii=False))
@@ -379,13 +386,24 @@ def tag(text, source, target, topic_model, stance_model, as_json, backend, force
     from rich.table import Table
 
     table = Table(title=f"stance toward: {target or DEFAULT_TARGET}", show_lines=True)
-    for column in ("#", "sentence", "topics", "stance"):
+    for column in ("#", "sentence", "topics", "stance", *(["why (+ up, - down)"] if explain else [])):
         table.add_column(column)
     for row in results:
         topics = ", ".join(f"{t} {row['topic_scores'][t]:.2f}" for t in row["topics"]) or "-"
         stance = f"{row['stance']} {row['stance_scores'][row['stance']]:.2f}"
-        table.add_row(str(row["index"]), row["text"], topics, stance)
+        table.add_row(str(row["index"]), row["text"], topics, stance, *([explained_words(row)] if explain else []))
     Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def explained_words(row: dict) -> str:
+    """One line per tagged label: ``label: +word +word -word`` (the words that pushed it up, then down)."""
+    lines = []
+    for task, names in (("topic", row["topics"]), ("stance", [row["stance"]])):
+        for name in names:
+            found = row["explanation"][task]["labels"][name]
+            words = [f"+{w['word']}" for w in found["up"]] + [f"-{w['word']}" for w in found["down"]]
+            lines.append(f"{name}: {' '.join(words) or '(none)'}")
+    return "\n".join(lines)
 
 
 @cli.command("tag-batch")

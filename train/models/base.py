@@ -208,6 +208,12 @@ class TextClassifier:
     def predict(self, X) -> list:
         return self.decide(self.predict_proba(X))
 
+    def explain(self, X, top_k: int = 5, labels: str | list[list[str]] = "all", budget=None) -> list[dict]:
+        """Per sentence and label, the words that pushed the score up and down (``train.models.explain``)."""
+        from train.models.explain import explain
+
+        return explain(self, X, top_k, labels, budget)
+
     def tune_decision(self, X_dev, y_dev, objective: str = "f1_macro") -> None:
         """Tune the decision on dev: per-label thresholds for F1 (multi-label), class offsets for ``objective``."""
         self.set_decision(self.predict_proba(X_dev), self.encode(y_dev), objective)

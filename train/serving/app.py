@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from train.data.sentences import MAX_SENTENCE_CHARS, is_blank
 from train.domain import DEFAULT_TARGET
 from train.errors import DeadlineExceeded, TaggerError
+from train.models.explain import Budget
 from train.serving.batching import Busy, MicroBatcher, ModelCallError, Splitter, guarded
 from train.serving.drift import DriftCollector, DriftSettings
 from train.serving.drift import attach as attach_drift
@@ -46,6 +47,7 @@ from train.serving.tagger import Tagger
 log = logging.getLogger("tagger")
 
 MAX_TARGET_CHARS = 200
+EXPLAIN_SECONDS = 1.0  # occlusion (non-linear families): estimated model seconds per model and request, at most
 
 
 def _check_unicode(name: str, value: str) -> None:
@@ -68,6 +70,9 @@ class TagRequest(BaseModel):
     target: str | None = Field(
         None, description=f'Stance target, e.g. "closer Iran–Iraq ties" (at most {MAX_TARGET_CHARS} characters).'
     )
+    explain: bool = Field(False, description="Add each sentence's explanation: the words behind each label's score.")
+    top_k: int = Field(5, ge=1, le=50, description="With explain: words listed per label and direction.")
+    explain_all_classes: bool = Field(False, description="With explain: every stance class, not only the tagged one.")
 
     @model_validator(mode="after")
     def _one_input(self) -> TagRequest:
@@ -315,6 +320,19 @@ def create_app(
             },
         }
 
+    async def explain_into(results: list[dict], target: str, request: TagRequest, deadline: float) -> None:
+        """Add each sentence's ``explanation`` (``train.models.explain``), computed on the inference thread
+        within the deadline: every topic, and the tagged stance class (or all of them)."""
+        remaining = max(deadline - time.monotonic(), 0.001)
+        stance = "all" if request.explain_all_classes else [[row["stance"]] for row in results]
+        budget = Budget(seconds=min(EXPLAIN_SECONDS, remaining / 4))
+        explain = state["tagger"].explain_sentences
+        explained = await asyncio.wait_for(
+            batcher.run(explain, results, target, request.top_k, stance, budget), timeout=remaining
+        )
+        for row, explanation in zip(results, explained, strict=True):
+            row["explanation"] = explanation
+
     @app.post("/v1/tag")
     async def tag(request: TagRequest) -> dict:
         deadline = time.monotonic() + request_timeout
@@ -330,6 +348,8 @@ def create_app(
                     raise HTTPException(413, f"over {max_sentences} sentences; at most {max_sentences} per request")
             remaining = max(deadline - time.monotonic(), 0.001)
             results, versions = await asyncio.wait_for(batcher.tag(sentences, target, deadline), timeout=remaining)
+            if request.explain:
+                await explain_into(results, target, request, deadline)
         except Busy as exc:
             retry = {"Retry-After": str(max(1, round(exc.retry_after)))}
             raise HTTPException(503, f"{exc}; retry later or send less text", headers=retry) from None

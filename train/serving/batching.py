@@ -255,6 +255,11 @@ class MicroBatcher:
         if not job.future.done():
             job.future.set_exception(exc)
 
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the inference thread, between batches (e.g. explanations): the models are only
+        ever called from that one thread. ``ModelCallError`` when it fails."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, guarded, fn, *args)
+
     def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()

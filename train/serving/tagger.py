@@ -12,6 +12,7 @@ from train.data.sentences import split_text
 from train.domain import champion_uri
 from train.errors import TaggerError
 from train.models.base import TextClassifier
+from train.models.explain import Budget, explain
 from train.outputs import score_pair, tag_records
 from train.tracking.packaging import load_classifier, model_uri, set_backend
 
@@ -102,6 +103,25 @@ class Tagger:
 
     def tag_text(self, text: str, target: str) -> list[dict]:
         return self.tag_sentences(sentence_dicts(text), target)
+
+    def explain_sentences(
+        self,
+        sentences: list[dict],
+        target: str | None,
+        top_k: int = 5,
+        stance: str | list[list[str]] = "decided",
+        budget: Budget | None = None,
+    ) -> list[dict]:
+        """``{"topic": ..., "stance": ...}`` per sentence: the words behind every topic's score, and behind
+        the stance classes ``stance`` names per sentence (``"decided"``: the predicted class; ``"all"``)."""
+        if not sentences:
+            return []
+        frame = pd.DataFrame(
+            {"text": [s["text"] for s in sentences], "target": [s.get("target") or target for s in sentences]}
+        )
+        topics = explain(self.topic, frame, top_k, "all", budget)
+        stances = explain(self.stance, frame, top_k, stance, budget)
+        return [{"topic": t, "stance": s} for t, s in zip(topics, stances, strict=True)]
 
     def warm_up(self) -> None:
         """One tagging call, so that lazily built parts (fast scorers, sessions) exist before traffic."""
