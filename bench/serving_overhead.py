@@ -1,12 +1,13 @@
-"""Throughput cost of the service's observability: ``/metrics`` and the JSON access log, side by side.
+"""Throughput cost of the service's observability: drift, ``/metrics`` and the JSON access log, side by side.
 
-Three ``tagger serve`` apps on the same TF-IDF topic and stance models, each in a process of its own
-on the same CPU (the first one; the load generator gets the others): ``off`` (no metrics, no access
-log: ``create_app(metrics=False, access_log=False)``), ``metrics`` (``/metrics`` only) and ``on``
-(metrics and the access log, to a file: what ``tagger serve`` does). They run at the same time
-and are driven in turn, in short rounds whose order rotates, so that the load of a shared machine
-falls on all three alike. One-sentence ``/v1/tag`` requests at fixed concurrency; the overhead is
-``1 - throughput(variant) / throughput(off)`` from the median of the per-round ratios. Goal: < 5 %.
+Four ``tagger serve`` apps on the same TF-IDF topic and stance models, each in a process of its own
+on the same CPU (the first one; the load generator gets the others): ``bare`` (no drift window, no
+metrics, no access log), ``drift`` (the drift window only: ``create_app(metrics=False,
+access_log=False)``), ``metrics`` (drift and ``/metrics``) and ``on`` (drift, metrics and the access
+log, to a file: what ``tagger serve`` does). They run at the same time and are driven in turn, in
+short rounds whose order rotates, so that the load of a shared machine falls on all alike.
+One-sentence ``/v1/tag`` requests at fixed concurrency; the overhead is ``1 - throughput(variant) /
+throughput(bare)`` from the median of the per-round ratios. Goal: < 5 %.
 
     python bench/serving_overhead.py [--topic-model URI --stance-model URI] --output bench/serving_overhead.json
 
@@ -30,7 +31,8 @@ from throughput import best_run, write_results
 from train.cli import quiet_libraries
 
 VARIANTS = {
-    "off": {"metrics": False, "access_log": False},
+    "bare": {"metrics": False, "access_log": False},  # and no drift window (see serve)
+    "drift": {"metrics": False, "access_log": False},
     "metrics": {"metrics": True, "access_log": False},
     "on": {"metrics": True, "access_log": True},
 }
@@ -41,10 +43,13 @@ def serve(variant: str, port: int, topic: str, stance: str) -> None:
     """Internal (``--serve``): one app of ``variant`` on ``port``, as ``tagger serve`` runs it."""
     import logging
 
+    import train.serving.app
     from train.serving.app import create_app, listen, run_server
     from train.serving.tagger import Tagger
 
     logging.basicConfig(level=logging.WARNING)
+    if variant == "bare":  # the baseline only: the service always watches its label mix
+        train.serving.app.attach_drift = lambda tagger, settings: tagger
     sock = listen("127.0.0.1", port)
     app = create_app(lambda: Tagger.load(topic, stance), **VARIANTS[variant])
     run_server(app, sock)
@@ -125,16 +130,16 @@ def main() -> None:
             "p50_ms_median": round(statistics.median(row[name]["p50_ms"] for row in rounds), 2),
             "p99_ms_median": round(statistics.median(row[name]["p99_ms"] for row in rounds), 2),
         }
-        if name != "off":
-            ratios = [row[name]["throughput_rps"] / row["off"]["throughput_rps"] for row in rounds]
+        if name != "bare":
+            ratios = [row[name]["throughput_rps"] / row["bare"]["throughput_rps"] for row in rounds]
             results["variants"][name]["overhead"] = round(1 - statistics.median(ratios), 4)
-    overhead, alone = results["variants"]["on"]["overhead"], results["variants"]["metrics"]["overhead"]
+    overhead = {name: results["variants"][name]["overhead"] for name in ("drift", "metrics", "on")}
     results["goals"] = {
-        "metrics_overhead": {
-            "goal": f"< {GOAL:.0%} of the throughput of TF-IDF one-sentence requests (metrics and access log)",
-            "measured": f"{overhead:.1%} (metrics alone: {alone:.1%}; load average {results['load_average_before'][0]}"
-            f" on {os.cpu_count()} CPUs)",
-            "met": overhead < GOAL,
+        "observability_overhead": {
+            "goal": f"< {GOAL:.0%} of the throughput of TF-IDF one-sentence requests (drift, metrics, access log)",
+            "measured": f"{overhead['on']:.1%} (drift alone: {overhead['drift']:.1%}, drift and metrics: "
+            f"{overhead['metrics']:.1%}; load average {results['load_average_before'][0]} on {os.cpu_count()} CPUs)",
+            "met": overhead["on"] < GOAL,
         }
     }
     write_results(results, Path(args.output))
