@@ -568,7 +568,7 @@ def serve(
     backend,
     force_backend,
 ) -> None:
-    """Serve tagging over HTTP (FastAPI + uvicorn): POST /v1/tag, /healthz, /readyz, /v1/models, web page at /."""
+    """Serve tagging over HTTP (FastAPI + uvicorn): POST /v1/tag, /healthz, /readyz, /v1/models, /metrics, page at /."""
     from train.inputs import read_admin_token
     from train.serving.app import create_app, listen, run_server
     from train.serving.drift import DriftSettings
