@@ -221,3 +221,12 @@ def test_drift_endpoint_moves_when_the_stream_shifts(drift_server):
     if metrics.status_code == 200:  # the gauges, on the service's registry
         assert 'tagger_drift_alarm{task="topic"} 1.0' in metrics.text
     print(json.dumps({t: moved["tasks"][t]["divergence"] for t in moved["tasks"]}))
+
+
+def test_serve_options_default_to_the_monitors_settings():
+    from train.cli import serve
+    from train.serving.drift import DEFAULT_MAX_AGE, DEFAULT_THRESHOLD, DEFAULT_WINDOW
+
+    defaults = {param.name: param.default for param in serve.params}
+    assert (defaults["drift_window"], defaults["drift_max_age"]) == (DEFAULT_WINDOW, DEFAULT_MAX_AGE)
+    assert defaults["drift_threshold"] == DEFAULT_THRESHOLD and defaults["adjust_priors"] == "off"

@@ -533,7 +533,7 @@ def migrate(model: str, out: str | None) -> None:
 )
 @click.option(
     "--drift-threshold",
-    default=0.1,
+    default=0.15,
     show_default=True,
     type=click.FloatRange(0.0, 1.0, min_open=True),
     help="Divergence (total variation of the label priors) over which a task's drift alarm is on.",
