@@ -184,3 +184,14 @@ def tiny_encoder(tmp_path_factory) -> str:
     AutoModel.from_config(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture
+def screenshots(tmp_path) -> Path:
+    """Where browser tests save screenshots: a throw-away folder, so running the tests changes no tracked
+    file; ``TAGGER_DOCS_SCREENSHOTS=1`` saves them into docs/images/ to refresh the docs' pictures."""
+    if os.environ.get("TAGGER_DOCS_SCREENSHOTS") == "1":
+        folder = ROOT / "docs" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return tmp_path

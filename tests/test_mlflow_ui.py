@@ -15,7 +15,6 @@ from test_web import ensure_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-IMAGES = ROOT / "docs" / "images"
 QUICK = ["evaluation.bootstrap_samples=0", "model.params.char_ngram_range=null"]
 
 
@@ -120,12 +119,11 @@ def close_assistant(browser) -> None:
             button.click()
 
 
-def test_each_link_opens_the_ranked_runs(browser, ui_links):
+def test_each_link_opens_the_ranked_runs(browser, ui_links, screenshots):
     from selenium.webdriver.common.by import By
 
     links = links_of(ui_links)
     assert set(links) == {"cv runs", "cv charts", "dev runs", "dev charts", "dev compare"}, ui_links
-    IMAGES.mkdir(parents=True, exist_ok=True)
     for view, sort, columns in (
         ("dev", "dev/f1_macro", ["dev/f1_macro", "dev/f1_micro", "dev/hamming_loss", "seeds/f1_macro"]),
         ("cv", "cv/f1_macro_mean", ["cv/f1_macro_mean", "cv/f1_macro_std", "seeds/f1_macro"]),
@@ -146,7 +144,7 @@ def test_each_link_opens_the_ranked_runs(browser, ui_links):
         if view == "dev":
             close_assistant(browser)
             time.sleep(1)
-            browser.save_screenshot(str(IMAGES / "mlflow-runs.png"))
+            browser.save_screenshot(str(screenshots / "mlflow-runs.png"))
 
         browser.get(links[f"{view} charts"])
         charts = wait_for(browser, "[data-testid='experiment-view-compare-runs-chart-area'], .js-plotly-plot")
@@ -154,7 +152,7 @@ def test_each_link_opens_the_ranked_runs(browser, ui_links):
         if view == "dev":
             time.sleep(2)
             close_assistant(browser)
-            browser.save_screenshot(str(IMAGES / "mlflow-charts.png"))
+            browser.save_screenshot(str(screenshots / "mlflow-charts.png"))
 
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -165,4 +163,4 @@ def test_each_link_opens_the_ranked_runs(browser, ui_links):
     assert "Comparing 2 Runs from 1 Experiment" in body
     assert "tfidf_logreg" in body and "tfidf_svm" in body and "dev/f1_macro" in body
     close_assistant(browser)
-    browser.save_screenshot(str(IMAGES / "mlflow-compare.png"))
+    browser.save_screenshot(str(screenshots / "mlflow-compare.png"))
