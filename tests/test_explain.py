@@ -141,6 +141,10 @@ def test_labels_to_explain_are_checked():
     with pytest.raises(ValueError, match="one list per sentence"):
         explain(model, X.head(1), labels=[["nonsense"]])
     assert model.explain(X.head(1), top_k=1)[0]["labels"].keys() == set(model.labels)
+    given = np.full((1, 3), 1 / 3)  # scores the caller has (tagging computed them) are reported as they are
+    assert explain(model, X.head(1), scores=given)[0]["labels"]["favor"]["score"] == round(1 / 3, 4)
+    with pytest.raises(ValueError, match="one row per sentence"):
+        explain(model, X.head(2), scores=given)
 
 
 @pytest.mark.slow

@@ -186,7 +186,10 @@ class LinearExplainer:
             self.space = "log-odds"
         else:
             self.space = "logit (softmax over the classes)"
-        self.weights, self.bias = np.ascontiguousarray(weights, dtype=float), bias.astype(float)
+        head = model.compiled_.head
+        if head is not None and head.weights.shape == weights.shape:  # the fast scorer's: no second copy
+            weights = head.weights
+        self.weights, self.bias = weights, bias.astype(float)
         self.blocks: list[_Block] = []
         offset = 0
         for name, vectorizer, column in pipeline[0].transformers_:
@@ -202,20 +205,31 @@ class LinearExplainer:
         if offset != self.weights.shape[0]:
             raise TypeError(f"{offset} feature columns but {self.weights.shape[0]} weights")
         self.starts = np.array([b.offset for b in self.blocks])
+        self.link = model.compiled_.head.link if model.compiled_.head is not None else "calibrated"
+        if self.link == "binary":  # [1 - p, p] of the weights' one column: the sigmoid of [-z, z]
+            self.link = "sigmoid"
+        # TF-IDF rows computed here (faster than the sparse matrices) when every block can be read
+        self.fast = all(
+            b.kind != "opaque" and b.vectorizer.norm in ("l2", None) and not b.vectorizer.binary for b in self.blocks
+        )
+        self._target_rows: dict[str, tuple] = {}
 
-    # occurrences: (feature id, start, end, share) in the analysed text's characters
-    def _occurrences(self, block: _Block, text: str, target: str, out: list, names: dict) -> None:
-        if block.kind in ("opaque", "target"):
-            return
+    def _occurrences(self, block: _Block, text: str, target: str, out: list, names: dict) -> bool:
+        """Add the block's n-grams in ``text`` to ``out`` as (feature id, start, end, share), offsets in
+        ``text``; False when the block's n-grams could not all be found (the model's own row is used)."""
+        if block.kind == "target":
+            return True
+        if block.kind == "opaque":
+            return False
         base = block.offset
         if block.crossing is not None:
             slot = block.crossing.targets_.get(target, -1)
             if slot < 0:
-                return
+                return True  # a target without a block of its own: the crossed block is empty
             base += slot * block.width
         analysed = block.preprocess(text)
         if len(analysed) != len(text):  # case folding changed lengths: offsets would not line up
-            return
+            return False
         vocabulary = block.vectorizer.vocabulary_
         if block.kind == "char_wb":
             lo, hi = block.vectorizer.ngram_range
@@ -252,6 +266,7 @@ class LinearExplainer:
                         continue
                     names[base + j] = gram
                     out.extend((base + j, span[0], span[1], 1.0 / n) for span, _ in found[i : i + n])
+        return True
 
     def _target_names(self, target: str, names: dict) -> None:
         for block in self.blocks:
@@ -261,40 +276,119 @@ class LinearExplainer:
                     if j is not None:
                         names[block.offset + j] = gram
 
-    def explain(self, model, X: pd.DataFrame, top_k: int, labels: Labels) -> list[dict]:
+    def explain(self, model, X: pd.DataFrame, top_k: int, labels: Labels, scores: np.ndarray | None) -> list[dict]:
+        """The exact contributions; TF-IDF values are computed here from the n-grams found (as each
+        vectorizer does), or taken from the model's own features where the text could not be read."""
         inputs = model._inputs(X)
-        features = model.compiled_.features.transform(inputs)
-        compiled = model.compiled_  # the model's own scores, from the same features
-        proba = compiled.head.predict_proba(features) if compiled.head else compiled.classifier.predict_proba(features)
+        compiled = model.compiled_
+        features = None  # the model's feature rows, computed only if needed
         results = []
         for i, (original, analysed, target) in enumerate(
-            zip(X["text"].astype(str), inputs["text"], inputs["target"], strict=True)
+            zip(X["text"].astype(str).tolist(), inputs["text"], inputs["target"], strict=True)
         ):
-            row = features[i]
-            chosen = _chosen(model, proba[i], labels, i)
-            results.append(self._one(model, original, analysed, target, row.indices, row.data, proba[i], top_k, chosen))
+            occurrences: list = []
+            names: dict[int, str] = {}
+            complete = [self._occurrences(block, analysed, target, occurrences, names) for block in self.blocks]
+            row = self._row(occurrences, target, names) if self.fast and all(complete) else None
+            if row is None:
+                if features is None:
+                    features = compiled.features.transform(inputs)
+                sparse = features[i]
+                order = np.argsort(sparse.indices, kind="stable")
+                row = sparse.indices[order].astype(np.int64), sparse.data[order]
+                self._target_names(target, names)
+            score = scores[i] if scores is not None else None
+            results.append(
+                self._one(model, original, analysed, target, *row, occurrences, names, top_k, labels, i, score)
+            )
         return results
 
-    def _one(self, model, text, analysed, target, indices, data, proba_row, top_k, chosen) -> dict:
+    def _row(self, occurrences: list, target: str, names: dict) -> tuple[np.ndarray, np.ndarray] | None:
+        """The sentence's TF-IDF row (sorted ids, values), as the fitted vectorizers compute it: counts,
+        sublinear tf, idf and an l2 norm per block."""
+        ids, values = [], []
+        if occurrences:
+            fid = np.fromiter((o[0] for o in occurrences), dtype=np.int64, count=len(occurrences))
+            share = np.fromiter((o[3] for o in occurrences), dtype=float, count=len(occurrences))
+            unique, inverse = np.unique(fid, return_inverse=True)
+            counts = np.rint(np.bincount(inverse, weights=share))  # a word n-gram's n shares of 1/n make 1
+            block_of = np.searchsorted(self.starts, unique, side="right") - 1
+            for b in np.unique(block_of):
+                mine = block_of == b
+                block = self.blocks[b]
+                local = (unique[mine] - block.offset) % block.width
+                ids.append(unique[mine])
+                values.append(self._tfidf(block, local, counts[mine]))
+        cached = self._target_rows.get(target)
+        if cached is None:
+            cached = self._target_rows[target] = self._target_row(target)
+            if len(self._target_rows) > CHAR_WB_CACHE:
+                self._target_rows.clear()
+        ids.append(cached[0])
+        values.append(cached[1])
+        names.update(cached[2])
+        indices, data = np.concatenate(ids), np.concatenate(values)
         order = np.argsort(indices, kind="stable")
-        indices, data = indices[order], data[order]
+        return indices[order], data[order]
+
+    @staticmethod
+    def _tfidf(block: _Block, local: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        vectorizer = block.vectorizer
+        values = 1.0 + np.log(counts) if vectorizer.sublinear_tf else counts.astype(float)
+        if vectorizer.use_idf:
+            values = values * vectorizer.idf_[local]
+        if vectorizer.norm == "l2":
+            values = values / np.sqrt(np.sum(values**2))
+        return values
+
+    def _target_row(self, target: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        """The target blocks' part of the row (the same for every sentence with this target), and names."""
+        ids, values, names = [], [], {}
+        for block in self.blocks:
+            if block.kind != "target":
+                continue
+            found = []
+            for gram in block.analyzer(target):
+                j = block.vectorizer.vocabulary_.get(gram)
+                if j is not None:
+                    found.append(j)
+                    names[block.offset + j] = gram
+            if found:
+                local, counts = np.unique(np.array(found, dtype=np.int64), return_counts=True)
+                ids.append(local + block.offset)
+                values.append(self._tfidf(block, local, counts.astype(float)))
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros(0), names
+        return np.concatenate(ids), np.concatenate(values), names
+
+    def _proba(self, model, values: np.ndarray, indices: np.ndarray, data: np.ndarray) -> np.ndarray:
+        """The model's scores: the logistic link of ``values``, or the calibrated classifier's own."""
+        from scipy.special import expit, softmax
+
+        if self.link == "softmax":
+            return softmax(values)
+        if self.link == "sigmoid":
+            return expit(values)
+        import scipy.sparse as sp
+
+        width = self.weights.shape[0]
+        row = sp.csr_matrix((data, indices, np.array([0, len(indices)])), shape=(1, width))
+        return model.compiled_.classifier.predict_proba(row)[0]
+
+    def _one(self, model, text, analysed, target, indices, data, occurrences, names, top_k, labels, i, score) -> dict:
         contrib = data[:, None] * self.weights[indices]  # (nnz, outputs)
         values = self.bias + contrib.sum(axis=0)
+        proba_row = self._proba(model, values, indices, data) if score is None else score
+        chosen = _chosen(model, proba_row, labels, i)
         block_of = np.searchsorted(self.starts, indices, side="right") - 1
         block_totals = np.zeros((len(self.blocks), contrib.shape[1]))
         np.add.at(block_totals, block_of, contrib)
 
         spans = tokens(text)
         token_weights = np.zeros((len(spans), contrib.shape[1]))
-        names: dict[int, str] = {}
         origin = _origin(text, analysed, target)
-        if origin is not None and spans:
-            occurrences: list = []
-            for block in self.blocks:
-                self._occurrences(block, analysed, target, occurrences, names)
-            if occurrences:
-                token_weights = self._spread(occurrences, indices, contrib, origin, text, spans)
-        self._target_names(target, names)
+        if origin is not None and spans and occurrences:
+            token_weights = self._spread(occurrences, indices, contrib, origin, text, spans)
         target_total = sum(block_totals[b] for b, blk in enumerate(self.blocks) if blk.kind == "target")
         target_total = target_total if isinstance(target_total, np.ndarray) else np.zeros(contrib.shape[1])
         unattributed = values - self.bias - target_total - token_weights.sum(axis=0)
@@ -422,7 +516,9 @@ def _origin(text: str, analysed: str, target: str) -> tuple[np.ndarray, np.ndarr
 _LINEAR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def explain_linear(model: TextClassifier, X: pd.DataFrame, top_k: int, labels: Labels, budget: Budget) -> list[dict]:
+def explain_linear(
+    model: TextClassifier, X: pd.DataFrame, top_k: int, labels: Labels, budget: Budget, scores: np.ndarray | None = None
+) -> list[dict]:
     """Exact contributions of a TF-IDF + linear model; occlusion when its pipeline cannot be read."""
     cached = _LINEAR.get(model)
     if cached is None or cached[0] is not model.pipeline_:
@@ -433,7 +529,7 @@ def explain_linear(model: TextClassifier, X: pd.DataFrame, top_k: int, labels: L
         cached = _LINEAR[model] = (model.pipeline_, explainer)
     if cached[1] is None:
         return explain_occlusion(model, X, top_k, labels, budget)
-    return cached[1].explain(model, X, top_k, labels)
+    return cached[1].explain(model, X, top_k, labels, scores)
 
 
 # --- occlusion -------------------------------------------------------------------------------------
@@ -448,9 +544,10 @@ def without(text: str, start: int, end: int) -> str:
 
 
 def explain_occlusion(
-    model: TextClassifier, X: pd.DataFrame, top_k: int, labels: Labels, budget: Budget
+    model: TextClassifier, X: pd.DataFrame, top_k: int, labels: Labels, budget: Budget, scores: np.ndarray | None = None
 ) -> list[dict]:
-    """Score drops when each word is removed, all variants scored in one ``predict_proba`` call."""
+    """Score drops when each word is removed, all variants scored in one ``predict_proba`` call (``scores``
+    is not used: the sentence is scored again in the same call as its variants)."""
     texts = X["text"].astype(str).tolist()
     allowed = budget.max_variants
     speed = _SPEED.get(model)
@@ -504,7 +601,7 @@ def word_tokens(text: str, spans: list[tuple[int, int]]) -> list[int]:
 
 # --- the strategies, per family ------------------------------------------------------------------
 
-Explainer = Callable[[TextClassifier, pd.DataFrame, int, Labels, Budget], list[dict]]
+Explainer = Callable[[TextClassifier, pd.DataFrame, int, Labels, Budget, np.ndarray | None], list[dict]]
 EXPLAINERS: dict[str, Explainer] = {"TfidfClassifier": explain_linear}  # class name (any in the MRO) -> strategy
 
 
@@ -526,10 +623,12 @@ def explain(
     top_k: int = 5,
     labels: Labels = "all",
     budget: Budget | None = None,
+    scores: np.ndarray | None = None,
 ) -> list[dict]:
     """Per sentence of ``X``, for each label (``labels="all"``), the decided ones (``"decided"``) or those
     named per sentence (a list of label lists), the ``top_k`` words that pushed the score up and down, with
-    signed weights (see the module docstring)."""
+    signed weights (see the module docstring). ``scores``: the model's scores of ``X`` where the caller has
+    them (tagging did), reported as each label's ``score`` instead of being computed again."""
     X = (X if isinstance(X, pd.DataFrame) else pd.DataFrame({"text": list(X)})).reset_index(drop=True)
     if isinstance(labels, str):
         if labels not in ("all", "decided"):
@@ -540,4 +639,6 @@ def explain(
         raise ValueError("top_k must be at least 1")
     if not len(X):
         return []
-    return explainer_for(model)(model, X, top_k, labels, budget or Budget())
+    if scores is not None and np.shape(scores) != (len(X), len(model.labels)):
+        raise ValueError(f"scores: one row per sentence and one column per label, not {np.shape(scores)}")
+    return explainer_for(model)(model, X, top_k, labels, budget or Budget(), scores)

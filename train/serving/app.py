@@ -47,7 +47,7 @@ from train.serving.tagger import Tagger
 log = logging.getLogger("tagger")
 
 MAX_TARGET_CHARS = 200
-EXPLAIN_SECONDS = 1.0  # occlusion (non-linear families): estimated model seconds per model and request, at most
+EXPLAIN_SECONDS = 0.2  # occlusion (non-linear families): estimated model seconds per model and request, at most
 
 
 def _check_unicode(name: str, value: str) -> None:

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from train.data.sentences import split_text
@@ -113,19 +114,28 @@ class Tagger:
         budget: Budget | None = None,
     ) -> list[dict]:
         """``{"topic": ..., "stance": ...}`` per sentence: the words behind every topic's score, and behind
-        the stance classes ``stance`` names per sentence (``"decided"``: the predicted class; ``"all"``)."""
+        the stance classes ``stance`` names per sentence (``"decided"``: the predicted class; ``"all"``).
+        ``sentences`` may be ``tag_sentences``' results: their scores are then reported, not computed again."""
         if not sentences:
             return []
         frame = pd.DataFrame(
             {"text": [s["text"] for s in sentences], "target": [s.get("target") or target for s in sentences]}
         )
-        topics = explain(self.topic, frame, top_k, "all", budget)
-        stances = explain(self.stance, frame, top_k, stance, budget)
+        topics = explain(self.topic, frame, top_k, "all", budget, _scores(sentences, "topic", self.topic.labels))
+        stances = explain(self.stance, frame, top_k, stance, budget, _scores(sentences, "stance", self.stance.labels))
         return [{"topic": t, "stance": s} for t, s in zip(topics, stances, strict=True)]
 
     def warm_up(self) -> None:
         """One tagging call, so that lazily built parts (fast scorers, sessions) exist before traffic."""
-        self.tag_text("Warm-up sentence about a gas deal. Another one about troops.", "closer A–B ties")
+        tagged = self.tag_text("Warm-up sentence about a gas deal. Another one about troops.", "closer A–B ties")
+        self.explain_sentences(tagged[:1], "closer A–B ties", 1)  # and the explainers' speed estimates
+
+
+def _scores(sentences: list[dict], task: str, labels: list[str]) -> np.ndarray | None:
+    """The ``<task>_scores`` that tagged sentences carry, as an array in ``labels`` order (None if untagged)."""
+    if not all(f"{task}_scores" in s for s in sentences):
+        return None
+    return np.array([[s[f"{task}_scores"][label] for label in labels] for s in sentences], dtype=float)
 
 
 SPLIT_BLOCK_CHARS = 16_000  # text is split in line-aligned blocks of about this size
