@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -64,9 +63,9 @@ def test_page_tags_a_pasted_article(browser, server):
     assert (ARTIFACTS / "tagging_page.png").stat().st_size > 5000
 
 
-def test_page_highlights_the_words_behind_each_label(browser, server):
+def test_page_highlights_the_words_behind_each_label(browser, server, screenshots):
     """The explanations are drawn on the text (colour by direction, the label in the tooltip); the
-    screenshot is the one docs/serving.md shows."""
+    screenshot is the one docs/serving.md shows (``TAGGER_DOCS_SCREENSHOTS=1`` refreshes it)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -94,10 +93,9 @@ def test_page_highlights_the_words_behind_each_label(browser, server):
     first.find_element(By.CSS_SELECTOR, ".badge[data-task=stance]").click()
     browser.set_window_size(1000, 330)
     browser.execute_script("document.getElementById('legend').scrollIntoView()")
-    DOCS_IMAGES.mkdir(exist_ok=True)
-    browser.save_screenshot(str(DOCS_IMAGES / "explanations.png"))
+    browser.save_screenshot(str(screenshots / "explanations.png"))
     browser.set_window_size(1200, 900)
-    assert (DOCS_IMAGES / "explanations.png").stat().st_size > 5000
+    assert (screenshots / "explanations.png").stat().st_size > 5000
 
 
 def test_page_shows_validation_errors(browser, server):
