@@ -284,7 +284,7 @@ class LinearExplainer:
         features = None  # the model's feature rows, computed only if needed
         results = []
         for i, (original, analysed, target) in enumerate(
-            zip(X["text"].astype(str).tolist(), inputs["text"], inputs["target"], strict=True)
+            zip(map(str, X["text"].tolist()), inputs["text"], inputs["target"], strict=True)
         ):
             occurrences: list = []
             names: dict[int, str] = {}
@@ -629,7 +629,9 @@ def explain(
     named per sentence (a list of label lists), the ``top_k`` words that pushed the score up and down, with
     signed weights (see the module docstring). ``scores``: the model's scores of ``X`` where the caller has
     them (tagging did), reported as each label's ``score`` instead of being computed again."""
-    X = (X if isinstance(X, pd.DataFrame) else pd.DataFrame({"text": list(X)})).reset_index(drop=True)
+    X = X if isinstance(X, pd.DataFrame) else pd.DataFrame({"text": list(X)})
+    if not isinstance(X.index, pd.RangeIndex) or X.index.start != 0 or X.index.step != 1:
+        X = X.reset_index(drop=True)
     if isinstance(labels, str):
         if labels not in ("all", "decided"):
             raise ValueError(f"labels must be 'all', 'decided' or a list per sentence, not {labels!r}")
