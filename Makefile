@@ -123,9 +123,11 @@ services:
 		else echo "not root: not installed:$$missing (their tests will be skipped)"; fi; \
 	fi
 
+# everything, as CI runs it: two pytest workers (one per core); a test file stays on one worker, so its
+# module fixtures train once. Servers and subprocesses already overlap; the two workers cut the rest.
 test: $(STAMP) $(SPARK_STAMP) browser services docs
 	$(VENV)/bin/ruff check train tests bench scripts
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 # the unit lane (under 2 minutes on 2 cores): no server, CLI subprocess, torch training, PostgreSQL, Spark or
 # browser, and nothing to install but .venv; make test runs these and the slow, services and browser tests

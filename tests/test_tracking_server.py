@@ -103,7 +103,7 @@ def test_train_runs_promote_tag_and_serve_against_the_server(stack, data, tmp_pa
     # runs, promote and tag in this process (a start-up each costs seconds); serve below is a process again
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.uri)
     monkeypatch.setenv("TAGGER_HOME", str(tmp_path))
-    assert ids["topic"] in invoke("runs", "--task", "topic").stdout
+    assert ids["topic"] in invoke("runs", "--task", "topic", "--wide").stdout
     for task in ("topic", "stance"):
         assert "@champion" in invoke("promote", "--task", task).stdout
     tagged = invoke("tag", "Iran and Iraq signed a gas supply deal.", "--json").stdout
