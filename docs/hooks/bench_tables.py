@@ -23,6 +23,7 @@ COMMANDS = {  # how each result file is made (the Makefile's `bench` target runs
     "batch_static": "bench/batch.py --family static_logreg --engines local --output bench/batch_static.json",
     "serving": "bench/serving.py --output bench/serving.json",
     "reliability": "bench/reliability.py --output bench/reliability.json",
+    "explain": "bench/explain.py",
 }
 
 
@@ -74,7 +75,40 @@ def goals(results: dict) -> str:
     return "\n".join(rows)
 
 
-RENDERERS = {"learning_curve": learning_curve}
+EXPLAINED = {  # bench/explain.json's sections: (what they explain, which p99 goal applies)
+    "tfidf_logreg": ("TF-IDF logistic regression, topic + stance", "tfidf"),
+    "tfidf_svm": ("TF-IDF SVM, topic + stance", "tfidf"),
+    "transformer_onnx": ("MiniLM fine-tune, topic + stance, ONNX", "transformer"),
+    "transformer_torch": ("MiniLM fine-tune, topic + stance, torch", "transformer"),
+}
+
+
+def explain(results: dict) -> str:
+    """Added latency of an explanation per family, with the machine's load while it was measured."""
+
+    def pair(figures: dict | None) -> str:
+        return f"{figures['p50_ms']:,.1f} / {figures['p99_ms']:,.1f} ms" if figures else ""
+
+    rows = [
+        "| models | method | load (1 min) | explanation p50 / p99 | CPU time p50 / p99 | tagging alone p50 / p99 "
+        "| truncated | goal (p99) | met |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, (name, goal_key) in EXPLAINED.items():
+        part = results.get(key)
+        if not part:
+            continue
+        goal = results["goals_p99_ms"][goal_key]
+        truncated = f"{part['explanations_truncated']} of {part['sentences']}"
+        rows.append(
+            f"| {name} | {part['method']} | {part['load_average_1m_before']:.1f} | {pair(part['explain_added'])} "
+            f"| {pair(part.get('explain_added_cpu'))} | {pair(part['tag'])} | {truncated} | < {goal:,.0f} ms "
+            f"| {'yes' if part['meets_goal'] else '**no**'} |"
+        )
+    return "\n".join(rows)
+
+
+RENDERERS = {"learning_curve": learning_curve, "explain": explain}
 
 
 def table(name: str) -> str:
