@@ -274,7 +274,10 @@ def load_classifier(folder: Path) -> Any:
         family = get_family(str(data["family"]))
     except ValueError as exc:
         raise ModelFormatError(f"{folder}: {str(exc).removeprefix('model.family: ')}") from None
-    arrays = np.load(folder / STATE_ARRAYS, allow_pickle=False) if (folder / STATE_ARRAYS).is_file() else {}
+    arrays: dict[str, np.ndarray] = {}
+    if (folder / STATE_ARRAYS).is_file():
+        with np.load(folder / STATE_ARRAYS, allow_pickle=False) as stored:  # read whole, then closed
+            arrays = {key: stored[key] for key in stored.files}
     try:
         model = family(task_type=data["task_type"], labels=data["labels"], seed=data["seed"], **data["params"])
     except ValueError as exc:  # pydantic's ValidationError is one
