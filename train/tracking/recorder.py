@@ -111,11 +111,20 @@ class Recorder(ABC):
     def resume(self, run_id: str) -> Run | None:
         """An existing run set RUNNING again, owned by this process (None when the store has none)."""
 
-    def start(self, name: str, tags: Mapping[str, str] | None = None, *, parent: str | None = None) -> Run:
-        """A run that outlives this call (a sweep's parent, ended by its last worker); end it with ``Run.end``."""
+    def _new(self, name: str, tags: Mapping[str, str] | None, parent: str | None, current: bool) -> Run:
+        """A new run; a top-level one gets a work folder, removed again if the run cannot be created."""
         self.open()
         workdir = None if parent else Path(tempfile.mkdtemp(prefix="tagger-run-"))
-        return self._create(name, dict(tags or {}), parent, workdir, current=False)
+        try:
+            return self._create(name, dict(tags or {}), parent, workdir, current=current)
+        except BaseException:
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
+
+    def start(self, name: str, tags: Mapping[str, str] | None = None, *, parent: str | None = None) -> Run:
+        """A run that outlives this call (a sweep's parent, ended by its last worker); end it with ``Run.end``."""
+        return self._new(name, tags, parent, current=False)
 
     @contextmanager
     def run(self, name: str, tags: Mapping[str, str] | None = None, *, parent: str | None = None) -> Iterator[Run]:
@@ -124,14 +133,7 @@ class Recorder(ABC):
         A top-level run gets a work folder (``Run.workdir``), removed when it ends; ``parent`` makes it
         a nested run of that run (which may live in another process).
         """
-        self.open()
-        workdir = None if parent else Path(tempfile.mkdtemp(prefix="tagger-run-"))
-        try:
-            run = self._create(name, dict(tags or {}), parent, workdir, current=True)
-        except BaseException:
-            if workdir is not None:
-                shutil.rmtree(workdir, ignore_errors=True)
-            raise
+        run = self._new(name, tags, parent, current=True)
         token = _CURRENT.set(run)
         try:
             yield run
