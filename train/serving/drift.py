@@ -204,14 +204,12 @@ class Drift:
         with self._count_lock:
             self._new += len(next(iter(scores.values())))
             due = self._new >= self.settings.every_sentences
-        if due:
-            if not self.background:
-                self.refresh()
-            else:
-                self._ensure_thread()
-                self._wake.set()
-        elif self.background:
+        if self.background:
             self._ensure_thread()
+            if due:
+                self._wake.set()
+        elif due:
+            self.refresh()
         if not self.settings.live:
             return scores
         return {task: self.tasks[task].adjust(p) if task in self.tasks else p for task, p in scores.items()}
