@@ -70,15 +70,17 @@ def test_compiled_scorer_is_rebuilt_after_saving_and_refitting(tmp_path):
     assert not np.allclose(restored.predict_proba(PROBE), before)
 
 
-def test_cached_word_ids_give_the_same_scores_warm_and_across_models():
-    """Each char_wb block caches a word's feature ids; warm, interleaved and masked, scores stay sklearn's."""
+def test_compiled_analyzers_give_the_same_scores_warm_and_across_models():
+    """word and char_wb blocks are compiled, char ones are not; warm, interleaved and masked, scores stay sklearn's."""
     topic = fitted(TfidfLogReg, "topic")
     stance = fitted(TfidfLogReg, "stance", mask_target_actors=True)
     other = fitted(TfidfLogReg, "stance", char_ngram_range=[1, 3], lowercase=False)
-    for model in (topic, stance, other, topic, other, stance):  # interleaved, as a service calls them
+    spanning = fitted(TfidfLogReg, "topic", char_analyzer="char")  # n-grams across spaces: the Python analyzer
+    for model in (topic, stance, other, spanning, topic, other, stance):  # interleaved, as a service calls them
         np.testing.assert_allclose(model.predict_proba(PROBE), sklearn_scores(model), rtol=0, atol=1e-12)
-    char = next(b for b in topic.compiled_.features.blocks if b.word_ids)
-    assert len(char.word_ids) > 100  # words seen while scoring PROBE
+    assert all(block.native is not None for block in topic.compiled_.features.blocks)
+    word, char = spanning.compiled_.features.blocks
+    assert word.native is not None and char.native is None
 
 
 @pytest.mark.parametrize("ngram_range", [(2, 5), (1, 3), (3, 3)])

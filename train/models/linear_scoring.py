@@ -4,15 +4,17 @@ sklearn's ``Pipeline``, ``ColumnTransformer`` and ``OneVsRestClassifier`` check 
 on every call: about 5 ms per model for one sentence, fifty times the arithmetic. A service scores
 a few sentences at a time, so a fitted pipeline is read once into what prediction needs (each
 vectorizer's analyzer, vocabulary and idf; one stacked weight matrix) and scored with plain
-numpy/scipy. The fitted estimators stay the model: this reads their public fitted attributes, and
-tests check the scores equal ``pipeline.predict_proba``. Pipelines it does not understand (e.g. a
-calibrated SVM head) keep the fast features and use the classifier's own ``predict_proba``.
+numpy/scipy. The ``word`` and ``char_wb`` analyzers are compiled (:mod:`train.models.ngrams`): one pass
+over the batch's code points, the n-grams looked up in a table built from the vocabulary. The fitted
+estimators stay the model: this reads their public fitted attributes, and tests check the scores equal
+``pipeline.predict_proba``. Pipelines it does not understand (e.g. a calibrated SVM head) keep the fast features and use the classifier's own ``predict_proba``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,6 +26,9 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline
 
 from train.models.target_cross import TargetCrossedWords
+
+if TYPE_CHECKING:
+    from train.models.ngrams import NgramAnalyzer
 
 WORD_CACHE_SIZE = 50_000  # words per char_wb block; the cache starts over when full
 
@@ -77,13 +82,18 @@ class TfidfBlock:
     idf: np.ndarray | None
     sublinear_tf: bool
     l2_norm: bool
+    native: NgramAnalyzer | None = field(default=None, repr=False)  # the compiled analyzer, where there is one
     word_ids: dict[str, list[int]] = field(default_factory=dict, repr=False)  # char_wb: a word's feature ids
 
     @classmethod
-    def from_vectorizer(cls, column: str, vectorizer: TfidfVectorizer) -> TfidfBlock | None:
+    def from_vectorizer(cls, column: str, vectorizer: TfidfVectorizer, native: bool = True) -> TfidfBlock | None:
+        """None for a vectorizer this cannot score; ``native=False`` keeps the Python analyzer."""
         if vectorizer.binary or vectorizer.norm not in ("l2", None):
             return None
+        from train.models.ngrams import NgramAnalyzer  # numba: imported when a TF-IDF model is first scored
+
         return cls(
+            native=NgramAnalyzer.from_vectorizer(vectorizer) if native else None,
             column=column,
             analyzer=build_analyzer(vectorizer),
             vocabulary=vectorizer.vocabulary_,
@@ -117,18 +127,26 @@ class TfidfBlock:
     def transform_columns(self, columns: Mapping[str, Sequence[str]]) -> sp.csr_matrix:
         return self.transform(columns[self.column])
 
-    def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
-        """The TF-IDF rows of ``texts``, as ``TfidfVectorizer.transform`` computes them."""
-        indices: list[int] = []
-        indptr = [0]
+    def counts(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """Each text's n-gram counts (``CountVectorizer.transform``'s values)."""
+        if self.native is not None:
+            indptr, indices, counts = self.native.counts(texts)
+            return sp.csr_matrix((counts, indices, indptr), shape=(len(texts), self.width))
+        ids: list[int] = []
+        bounds = [0]
         for text in texts:
-            indices.extend(self.text_ids(text))
-            indptr.append(len(indices))
+            ids.extend(self.text_ids(text))
+            bounds.append(len(ids))
         X = sp.csr_matrix(
-            (np.ones(len(indices)), np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
+            (np.ones(len(ids)), np.asarray(ids, dtype=np.int64), np.asarray(bounds, dtype=np.int64)),
             shape=(len(texts), self.width),
         )
-        X.sum_duplicates()  # token counts
+        X.sum_duplicates()
+        return X
+
+    def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """The TF-IDF rows of ``texts``, as ``TfidfVectorizer.transform`` computes them."""
+        X = self.counts(texts)
         if self.sublinear_tf:
             np.log(X.data, out=X.data)
             X.data += 1.0

@@ -1,0 +1,372 @@
+"""scikit-learn's ``word`` and ``char_wb`` n-gram analyzers, compiled, over a whole batch at once.
+
+``TfidfVectorizer`` cuts each text into Python strings and looks each up in a dict: about 80% of
+scoring time for the TF-IDF families. Here a batch is one array of code points; numba-compiled loops
+find the tokens (maximal runs of ``\\w`` of two or more characters, as the default ``token_pattern``
+``(?u)\\b\\w\\w+\\b``) or the whitespace-separated words (``char_wb``), hash each n-gram, and look the
+hash up in an open-addressing table built from the fitted vocabulary. A hit is confirmed by comparing
+code points with the vocabulary's term, so the features are the vectorizer's exactly; tests check
+this on the corpus, the seeds and adversarial Unicode.
+
+Which characters are ``\\w`` and which are whitespace is asked of Python's own ``re`` (the engine the
+vectorizer uses), once per code point a process meets. Lower-casing is Python's ``str.lower`` per
+text, as the vectorizer's preprocessor does. Vectorizers with other settings (a custom
+``token_pattern``, ``strip_accents``, stop words, a callable analyzer) are not compiled:
+:func:`compilable` says which are.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from numba import njit
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+__all__ = ["NgramAnalyzer", "compilable"]
+
+DEFAULT_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+SPACE = np.uint32(32)
+FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+FNV_PRIME = np.uint64(0x100000001B3)
+EMPTY = -1
+FREE = np.uint64(0xFFFFFFFFFFFFFFFF)  # a free slot of a vocabulary table
+
+# per code point: 1 = classified, 2 = \w (re), 4 = whitespace (re \s, str.split)
+KNOWN, WORD, SPACE_BIT = 1, 2, 4
+_classes = np.zeros(0x110000, dtype=np.uint8)
+_classes_lock = threading.Lock()
+
+
+def _classify(codepoints: np.ndarray) -> None:
+    """Record what ``re`` says of each code point (``\\w``? whitespace?)."""
+    text = "".join(map(chr, codepoints.tolist()))
+    word = np.frombuffer(re.sub(r"\W", "\0", text).encode("utf-32-le", "surrogatepass"), dtype=np.uint32) != 0
+    space = np.frombuffer(re.sub(r"\S", "\0", text).encode("utf-32-le", "surrogatepass"), dtype=np.uint32) != 0
+    if len(codepoints) and codepoints[0] == 0:  # NUL is neither; \0 marks "not" above
+        word[0] = space[0] = False
+    _classes[codepoints] = KNOWN | (WORD * word) | (SPACE_BIT * space)
+
+
+_classify(np.arange(128, dtype=np.uint32))
+
+
+def char_classes(codepoints: np.ndarray) -> np.ndarray:
+    """The class table, with every code point of ``codepoints`` classified."""
+    if codepoints.size and not np.all(_classes[codepoints] & KNOWN):
+        with _classes_lock:
+            unknown = np.unique(codepoints[(_classes[codepoints] & KNOWN) == 0])
+            if unknown.size:
+                _classify(unknown)
+    return _classes
+
+
+def compilable(vectorizer: TfidfVectorizer) -> bool:
+    """Whether the vectorizer's analyzer is one this module reproduces exactly."""
+    return (
+        vectorizer.analyzer in ("word", "char_wb")
+        and vectorizer.input == "content"
+        and vectorizer.preprocessor is None
+        and vectorizer.tokenizer is None
+        and vectorizer.strip_accents is None
+        and (
+            vectorizer.analyzer != "word"
+            or (vectorizer.stop_words is None and vectorizer.token_pattern == DEFAULT_TOKEN_PATTERN)
+        )
+    )
+
+
+def code_points(texts: Sequence[str], lowercase: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The batch as one array of code points and each text's start (``starts[-1]`` is the end)."""
+    if lowercase:
+        texts = [text.lower() for text in texts]
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    starts = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    joined = "".join(texts).encode("utf-32-le", "surrogatepass")
+    return np.frombuffer(joined, dtype=np.uint32), starts
+
+
+@njit(cache=True, nogil=True)
+def _hash(buffer, start, length):
+    h = FNV_OFFSET
+    for i in range(start, start + length):
+        h = (h ^ np.uint64(buffer[i])) * FNV_PRIME
+    return h
+
+
+@njit(cache=True, nogil=True)
+def _build_table(term_cps, term_starts):
+    """Open addressing, one row per slot: (hash, term id), ``FREE`` where free; a power of two, at least
+    twice the terms. A term's id is its feature id (terms are stored in feature order)."""
+    n = len(term_starts) - 1
+    capacity = 16
+    while capacity < 2 * n:
+        capacity *= 2
+    table = np.full((capacity, 2), FREE, dtype=np.uint64)
+    mask = np.uint64(capacity - 1)
+    for term in range(n):
+        h = _hash(term_cps, term_starts[term], term_starts[term + 1] - term_starts[term])
+        slot = h & mask
+        while table[slot, 1] != FREE:
+            slot = (slot + np.uint64(1)) & mask
+        table[slot, 0] = h
+        table[slot, 1] = np.uint64(term)
+    return table
+
+
+@njit(cache=True, nogil=True)
+def _find(table, term_cps, term_starts, h, buffer, start, length):
+    """The id of the term spelled ``buffer[start:start + length]`` (hash ``h``), or ``EMPTY``."""
+    mask = np.uint64(len(table) - 1)
+    slot = h & mask
+    while True:
+        if table[slot, 1] == FREE:
+            return EMPTY
+        if table[slot, 0] == h:
+            term = np.int64(table[slot, 1])
+            offset = term_starts[term]
+            if term_starts[term + 1] - offset == length:
+                same = True
+                for i in range(length):
+                    if term_cps[offset + i] != buffer[start + i]:
+                        same = False
+                        break
+                if same:
+                    return term
+        slot = (slot + np.uint64(1)) & mask
+
+
+@njit(cache=True, nogil=True)
+def _count_row(ids, n, counts, out_indices, out_counts, count):
+    """Append ``ids[:n]``'s distinct ids and their counts at ``count``; the new ``count``."""
+    first = count
+    for k in range(n):
+        feature = ids[k]
+        if counts[feature] == 0:
+            out_indices[count] = feature
+            count += 1
+        counts[feature] += 1
+    for k in range(first, count):
+        out_counts[k] = counts[out_indices[k]]
+        counts[out_indices[k]] = 0
+    return count
+
+
+@njit(cache=True, nogil=True)
+def _word_counts(cps, starts, classes, min_n, max_n, table, term_cps, term_starts, n_features):
+    """CSR of each text's word n-gram counts (the default ``token_pattern``)."""
+    n_docs = len(starts) - 1
+    span = max_n - min_n + 1
+    capacity = len(cps) * span // 2 + n_docs * span + 1
+    out_indices = np.empty(capacity, dtype=np.int32)
+    out_counts = np.empty(capacity, dtype=np.float64)
+    indptr = np.zeros(n_docs + 1, dtype=np.int64)
+    counts = np.zeros(n_features, dtype=np.int32)
+    token_starts = np.empty(len(cps) // 2 + 2, dtype=np.int64)
+    token_ends = np.empty(len(cps) // 2 + 2, dtype=np.int64)
+    token_hashes = np.empty(len(cps) // 2 + 2, dtype=np.uint64)
+    row = np.empty(64, dtype=np.int32)
+    scratch = np.empty(64, dtype=np.uint32)
+    count = 0
+    for doc in range(n_docs):
+        # tokens: maximal runs of \w, two characters or more (the default token_pattern)
+        n_tokens = 0
+        i, end = starts[doc], starts[doc + 1]
+        while i < end:
+            if classes[cps[i]] & WORD:
+                j = i + 1
+                while j < end and classes[cps[j]] & WORD:
+                    j += 1
+                if j - i >= 2:
+                    token_starts[n_tokens] = i
+                    token_ends[n_tokens] = j
+                    token_hashes[n_tokens] = _hash(cps, i, j - i)
+                    n_tokens += 1
+                i = j
+            else:
+                i += 1
+        if n_tokens * span > len(row):
+            row = np.empty(2 * n_tokens * span, dtype=np.int32)
+        found = 0
+        for n in range(min_n, max_n + 1):
+            for first in range(n_tokens - n + 1):
+                if n == 1:
+                    start, length = token_starts[first], token_ends[first] - token_starts[first]
+                    term = _find(table, term_cps, term_starts, token_hashes[first], cps, start, length)
+                else:
+                    length = n - 1
+                    for t in range(first, first + n):
+                        length += token_ends[t] - token_starts[t]
+                    if length > len(scratch):
+                        scratch = np.empty(2 * length, dtype=np.uint32)
+                    position = 0
+                    h = token_hashes[first]
+                    for t in range(first, first + n):
+                        if t > first:
+                            scratch[position] = SPACE
+                            position += 1
+                            h = (h ^ np.uint64(SPACE)) * FNV_PRIME
+                        for c in range(token_starts[t], token_ends[t]):
+                            scratch[position] = cps[c]
+                            position += 1
+                            if t > first:
+                                h = (h ^ np.uint64(cps[c])) * FNV_PRIME
+                    term = _find(table, term_cps, term_starts, h, scratch, 0, length)
+                if term != EMPTY:
+                    row[found] = term
+                    found += 1
+        count = _count_row(row, found, counts, out_indices, out_counts, count)
+        indptr[doc + 1] = count
+    return indptr, out_indices[:count], out_counts[:count]
+
+
+@njit(cache=True, nogil=True)
+def _char_wb_counts(cps, starts, classes, min_n, max_n, table, term_cps, term_starts, n_features):
+    """CSR of each text's ``char_wb`` n-gram counts; each distinct word is looked up once per batch."""
+    n_docs = len(starts) - 1
+    n_cps = len(cps)
+    # words: maximal runs of non-whitespace (str.split)
+    word_starts = np.empty(n_cps // 2 + 2, dtype=np.int64)
+    word_ends = np.empty(n_cps // 2 + 2, dtype=np.int64)
+    doc_words = np.zeros(n_docs + 1, dtype=np.int64)
+    n_words = 0
+    for doc in range(n_docs):
+        i, end = starts[doc], starts[doc + 1]
+        while i < end:
+            if classes[cps[i]] & SPACE_BIT:
+                i += 1
+                continue
+            j = i + 1
+            while j < end and not classes[cps[j]] & SPACE_BIT:
+                j += 1
+            word_starts[n_words] = i
+            word_ends[n_words] = j
+            n_words += 1
+            i = j
+        doc_words[doc + 1] = n_words
+    # distinct words: a table keyed by the word's hash, confirmed by its code points
+    capacity = 16
+    while capacity < 2 * n_words:
+        capacity *= 2
+    mask = np.uint64(capacity - 1)
+    word_slots = np.full(capacity, EMPTY, dtype=np.int64)  # slot → first occurrence (a word index)
+    word_hashes = np.zeros(capacity, dtype=np.uint64)
+    first_of = np.empty(n_words, dtype=np.int64)  # word → its first occurrence
+    for w in range(n_words):
+        length = word_ends[w] - word_starts[w]
+        h = _hash(cps, word_starts[w], length)
+        slot = h & mask
+        while True:
+            seen = word_slots[slot]
+            if seen == EMPTY:
+                word_slots[slot] = w
+                word_hashes[slot] = h
+                first_of[w] = w
+                break
+            if word_hashes[slot] == h and word_ends[seen] - word_starts[seen] == length:
+                same = True
+                for k in range(length):
+                    if cps[word_starts[seen] + k] != cps[word_starts[w] + k]:
+                        same = False
+                        break
+                if same:
+                    first_of[w] = seen
+                    break
+            slot = (slot + np.uint64(1)) & mask
+    # each distinct word's feature ids, from its padded form " word "
+    ids_start = np.zeros(n_words, dtype=np.int64)
+    ids_end = np.zeros(n_words, dtype=np.int64)
+    span = max_n - min_n + 1
+    word_ids = np.empty(16, dtype=np.int32)
+    used = 0
+    padded = np.empty(64, dtype=np.uint32)
+    for w in range(n_words):
+        if first_of[w] != w:
+            continue
+        length = word_ends[w] - word_starts[w] + 2
+        if length > len(padded):
+            padded = np.empty(2 * length, dtype=np.uint32)
+        padded[0] = SPACE
+        for k in range(length - 2):
+            padded[k + 1] = cps[word_starts[w] + k]
+        padded[length - 1] = SPACE
+        if used + span * length > len(word_ids):
+            grown = np.empty(2 * (used + span * length), dtype=np.int32)
+            grown[:used] = word_ids[:used]
+            word_ids = grown
+        ids_start[w] = used
+        for n in range(min_n, max_n + 1):
+            if length <= n:  # a word shorter than n counts once, whole
+                term = _find(table, term_cps, term_starts, _hash(padded, 0, length), padded, 0, length)
+                if term != EMPTY:
+                    word_ids[used] = term
+                    used += 1
+                break
+            for s in range(length - n + 1):
+                term = _find(table, term_cps, term_starts, _hash(padded, s, n), padded, s, n)
+                if term != EMPTY:
+                    word_ids[used] = term
+                    used += 1
+        ids_end[w] = used
+    # each text: its words' ids, counted
+    most = 0
+    for doc in range(n_docs):
+        total = 0
+        for w in range(doc_words[doc], doc_words[doc + 1]):
+            total += ids_end[first_of[w]] - ids_start[first_of[w]]
+        most = max(most, total)
+    row = np.empty(most + 1, dtype=np.int32)
+    size = 16
+    for w in range(n_words):
+        size += ids_end[first_of[w]] - ids_start[first_of[w]]
+    out_indices = np.empty(size, dtype=np.int32)
+    out_counts = np.empty(size, dtype=np.float64)
+    indptr = np.zeros(n_docs + 1, dtype=np.int64)
+    counts = np.zeros(n_features, dtype=np.int32)
+    count = 0
+    for doc in range(n_docs):
+        found = 0
+        for w in range(doc_words[doc], doc_words[doc + 1]):
+            first = first_of[w]
+            for k in range(ids_start[first], ids_end[first]):
+                row[found] = word_ids[k]
+                found += 1
+        count = _count_row(row, found, counts, out_indices, out_counts, count)
+        indptr[doc + 1] = count
+    return indptr, out_indices[:count], out_counts[:count]
+
+
+class NgramAnalyzer:
+    """A fitted vectorizer's analyzer and vocabulary, compiled: texts → each text's n-gram counts."""
+
+    def __init__(self, analyzer: str, ngram_range: tuple[int, int], lowercase: bool, vocabulary: Mapping[str, int]):
+        if analyzer not in ("word", "char_wb"):
+            raise ValueError(f"analyzer {analyzer!r} is not compiled; use the vectorizer's own")
+        self.analyzer = analyzer
+        self.min_n, self.max_n = (int(n) for n in ngram_range)
+        self.lowercase = lowercase
+        self.n_features = len(vocabulary)
+        terms = [""] * self.n_features
+        for term, feature in vocabulary.items():
+            terms[feature] = term
+        self.term_cps, self.term_starts = code_points(terms, lowercase=False)
+        self.table = _build_table(self.term_cps, self.term_starts)
+        self._counts = _word_counts if analyzer == "word" else _char_wb_counts
+
+    @classmethod
+    def from_vectorizer(cls, vectorizer: TfidfVectorizer) -> NgramAnalyzer | None:
+        """None if the vectorizer's analyzer is not one compiled here."""
+        if not compilable(vectorizer):
+            return None
+        return cls(vectorizer.analyzer, vectorizer.ngram_range, vectorizer.lowercase, vectorizer.vocabulary_)
+
+    def counts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CSR ``indptr``, ``indices`` and ``data`` of each text's term counts (a row's ids distinct, unsorted)."""
+        cps, starts = code_points(texts, self.lowercase)
+        classes = char_classes(cps)
+        return self._counts(
+            cps, starts, classes, self.min_n, self.max_n, self.table, self.term_cps, self.term_starts, self.n_features
+        )
