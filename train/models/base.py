@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,17 @@ def mask_actors(text: str, target: str, token: str = "PARTY") -> str:
     "Iran" also masks "Iranian", "Russia" masks "Russian": a stance model then learns how the
     pair is talked about, not which pair it is, and carries over to pairs it never saw.
     """
-    for actor in sorted(target_actors(target), key=len, reverse=True):
-        stem = actor if len(actor) <= 4 else actor[: len(actor) - 1]
-        text = re.sub(rf"\b{re.escape(stem)}\w*", token, text)
+    for stem, pattern in actor_patterns(target):
+        if stem in text:  # the pattern cannot match otherwise (a substring test is cheaper than a search)
+            text = pattern.sub(token, text)
     return text
+
+
+@lru_cache(maxsize=4096)
+def actor_patterns(target: str) -> tuple[tuple[str, re.Pattern], ...]:
+    """Each stem :func:`mask_actors` masks for ``target`` and its pattern, longest actor first (compiled once)."""
+    stems = [a if len(a) <= 4 else a[: len(a) - 1] for a in sorted(target_actors(target), key=len, reverse=True)]
+    return tuple((stem, re.compile(rf"\b{re.escape(stem)}\w*")) for stem in stems)
 
 
 class TextClassifier:

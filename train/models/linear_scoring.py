@@ -7,7 +7,8 @@ vectorizer's analyzer, vocabulary and idf; one stacked weight matrix) and scored
 numpy/scipy. The ``word`` and ``char_wb`` analyzers are compiled (:mod:`train.models.ngrams`): one pass
 over the batch's code points, the n-grams looked up in a table built from the vocabulary. The fitted
 estimators stay the model: this reads their public fitted attributes, and tests check the scores equal
-``pipeline.predict_proba``. Pipelines it does not understand (e.g. a calibrated SVM head) keep the fast features and use the classifier's own ``predict_proba``.
+``pipeline.predict_proba``. Pipelines it does not understand (e.g. a calibrated SVM head) keep the fast
+features and use the classifier's own ``predict_proba``.
 """
 
 from __future__ import annotations
@@ -146,16 +147,10 @@ class TfidfBlock:
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         """The TF-IDF rows of ``texts``, as ``TfidfVectorizer.transform`` computes them."""
+        from train.models.ngrams import tfidf_rows
+
         X = self.counts(texts)
-        if self.sublinear_tf:
-            np.log(X.data, out=X.data)
-            X.data += 1.0
-        if self.idf is not None:
-            X.data *= self.idf[X.indices]
-        if self.l2_norm:
-            rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-            norms = np.sqrt(np.bincount(rows, weights=X.data**2, minlength=X.shape[0]))
-            X.data /= norms[rows]
+        tfidf_rows(X, self.idf, self.sublinear_tf, self.l2_norm)
         return X
 
 
@@ -213,16 +208,20 @@ class LinearHead:
         if isinstance(classifier, OneVsRestClassifier) and all(
             isinstance(e, LogisticRegression) and len(e.classes_) == 2 for e in classifier.estimators_
         ):
-            weights = np.vstack([e.coef_ for e in classifier.estimators_]).T
+            weights = np.ascontiguousarray(np.vstack([e.coef_ for e in classifier.estimators_]).T)
             intercept = np.concatenate([e.intercept_ for e in classifier.estimators_])
             return cls(weights, intercept, "sigmoid")
         if isinstance(classifier, LogisticRegression):
             link = "binary" if len(classifier.classes_) == 2 else "softmax"
-            return cls(classifier.coef_.T, classifier.intercept_, link)  # views: no second copy of the weights
+            # row-major, as scipy's sparse product reads it (it would copy the transposed view on each call)
+            return cls(np.ascontiguousarray(classifier.coef_.T), classifier.intercept_, link)
         return None
 
     def predict_proba(self, X: sp.csr_matrix) -> np.ndarray:
-        decision = np.asarray(X @ self.weights) + self.intercept
+        return self.link_scores(np.asarray(X @ self.weights) + self.intercept)
+
+    def link_scores(self, decision: np.ndarray) -> np.ndarray:
+        """Probabilities from the decision values ``X @ weights + intercept``."""
         if self.link == "sigmoid":
             return expit(decision)
         if self.link == "binary":
@@ -249,7 +248,13 @@ class CompiledPipeline:
         return cls(features, LinearHead.from_classifier(classifier), classifier)
 
     def predict_proba(self, columns: Mapping[str, Sequence[str]]) -> np.ndarray:
-        X = self.features.transform(columns)
-        if self.head is not None:
-            return self.head.predict_proba(X)
-        return self.classifier.predict_proba(X)
+        if self.head is None:
+            return self.classifier.predict_proba(self.features.transform(columns))
+        # block by block against its rows of the weights: the stacked feature matrix is never built
+        decision = np.zeros((len(columns["text"]), self.head.weights.shape[1]))
+        offset = 0
+        for block in self.features.blocks:
+            X = block.transform_columns(columns)
+            decision += X @ self.head.weights[offset : offset + X.shape[1]]
+            offset += X.shape[1]
+        return self.head.link_scores(decision + self.head.intercept)

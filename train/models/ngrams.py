@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-__all__ = ["NgramAnalyzer", "compilable"]
+__all__ = ["NgramAnalyzer", "compilable", "tfidf_rows"]
 
 DEFAULT_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 SPACE = np.uint32(32)
@@ -53,9 +53,17 @@ def _classify(codepoints: np.ndarray) -> None:
 _classify(np.arange(128, dtype=np.uint32))
 
 
+@njit(cache=True, nogil=True)
+def _all_known(codepoints, classes):
+    for point in codepoints:
+        if not classes[point] & KNOWN:
+            return False
+    return True
+
+
 def char_classes(codepoints: np.ndarray) -> np.ndarray:
     """The class table, with every code point of ``codepoints`` classified."""
-    if codepoints.size and not np.all(_classes[codepoints] & KNOWN):
+    if not _all_known(codepoints, _classes):
         with _classes_lock:
             unknown = np.unique(codepoints[(_classes[codepoints] & KNOWN) == 0])
             if unknown.size:
@@ -337,6 +345,31 @@ def _char_wb_counts(cps, starts, classes, min_n, max_n, table, term_cps, term_st
         count = _count_row(row, found, counts, out_indices, out_counts, count)
         indptr[doc + 1] = count
     return indptr, out_indices[:count], out_counts[:count]
+
+
+@njit(cache=True, nogil=True)
+def _tfidf_rows(indptr, indices, data, idf, sublinear, l2):
+    for row in range(len(indptr) - 1):
+        total = 0.0
+        for k in range(indptr[row], indptr[row + 1]):
+            value = data[k]
+            if sublinear:
+                value = np.log(value) + 1.0
+            if len(idf):
+                value *= idf[indices[k]]
+            data[k] = value
+            total += value * value
+        if l2 and total > 0.0:
+            norm = np.sqrt(total)
+            for k in range(indptr[row], indptr[row + 1]):
+                data[k] /= norm
+
+
+def tfidf_rows(X, idf: np.ndarray | None, sublinear: bool, l2: bool) -> None:
+    """Counts → TF-IDF values in place, as ``TfidfTransformer.transform`` computes them: ``1 + log(tf)``
+    if sublinear, times idf, each row scaled to unit length."""
+    empty = np.empty(0, dtype=np.float64)
+    _tfidf_rows(X.indptr, X.indices, X.data, empty if idf is None else idf, sublinear, l2)
 
 
 class NgramAnalyzer:

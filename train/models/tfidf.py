@@ -32,14 +32,20 @@ from train.models.weighting import fit_weighted
 from train.registry import register_family
 
 
+def strings(column: pd.Series) -> list[str]:
+    """The column as a list of ``str`` (one conversion for the column, not one per row, when it holds strings)."""
+    values = column.tolist()
+    return values if all(type(v) is str for v in values) else [str(v) for v in values]
+
+
 class TfidfClassifier(TextClassifier):
     """TF-IDF features + a linear classifier; the classifier is chosen by the subclass."""
 
     def _inputs(self, X: pd.DataFrame) -> dict[str, list[str]]:
         """The columns the features read: ``text`` (actors masked if asked) and ``target`` ("" if none)."""
-        texts = [str(t) for t in X["text"]]
+        texts = strings(X["text"])
         has_target = "target" in X.columns and X["target"].notna().any()
-        targets = [str(t) for t in X["target"].fillna("")] if has_target else [""] * len(texts)
+        targets = strings(X["target"].fillna("")) if has_target else [""] * len(texts)
         if self.params["mask_target_actors"] and has_target:
             texts = [mask_actors(t, g) for t, g in zip(texts, targets, strict=True)]
         return {"text": texts, "target": targets}
