@@ -95,3 +95,23 @@ def test_cached_char_wb_analyzer_equals_sklearns(ngram_range, options):
     reference, cached = vectorizer.build_analyzer(), CharWbAnalyzer(vectorizer)
     for _ in range(2):  # cold, then from the word cache
         assert [cached(t) for t in texts] == [reference(t) for t in texts]
+
+
+def test_actor_masks_compiled_once_mask_as_the_plain_substitutions_do():
+    import re
+
+    from train.domain import target_actors
+    from train.models.base import mask_actors
+
+    def reference(text: str, target: str) -> str:
+        for actor in sorted(target_actors(target), key=len, reverse=True):
+            stem = actor if len(actor) <= 4 else actor[: len(actor) - 1]
+            text = re.sub(rf"\b{re.escape(stem)}\w*", "PARTY", text)
+        return text
+
+    assert mask_actors("Iranian and Iraqi envoys met in Iran.", "closer Iran–Iraq ties") == (
+        "PARTY and PARTY envoys met in PARTY."
+    )
+    rows = [(r["text"], r["target"]) for r in ROWS] + [("Russians in Russia", "closer Russia–China ties")]
+    assert [mask_actors(t, g) for t, g in rows] == [reference(t, g) for t, g in rows]
+    assert sum(mask_actors(t, g) != t for t, g in rows) > 50  # the rows do name their actors
