@@ -108,7 +108,43 @@ def explain(results: dict) -> str:
     return "\n".join(rows)
 
 
-RENDERERS = {"learning_curve": learning_curve, "explain": explain}
+def int8(results: dict) -> str:
+    """Each transformer backend and int8 variant: speed against the pipeline and ONNX fp32, parity with torch."""
+    if "backends" not in results:
+        return f"No transformer measured: {results.get('skipped', 'no run')}."
+    rows = [
+        "| backend / variant | batch | sentences/s | × pipeline | × onnx fp32 | agreement | max / mean score diff "
+        "| holds 99% |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["backends"]:
+        if "refused" in row:
+            rows.append(f"| {row['backend']} | | refused: {row['refused'][:120]} | | | | | |")
+            continue
+        rows.append(
+            f"| {row['backend']} | {row['batch_size']} | {row['sentences_per_second']:,.0f} "
+            f"| {row.get('vs_pipeline', 0):.2f} | {row.get('vs_onnx_fp32', 0):.2f} | {row['agreement']:.1%} "
+            f"| {row['max_abs_diff']:.3f} / {row['mean_abs_diff']:.4f} | {'yes' if row['agreement'] >= 0.99 else 'no'} "
+            "|"
+        )
+    best = results.get("best_int8_holding_parity")
+    peaks = results.get("peak_gflops", {})
+    rows += [
+        "",
+        f"`transformers.pipeline` (batch 64): {results.get('transformers_pipeline_sentences_per_second', 0):,.0f} "
+        f"sentences/s; {results.get('sentences', '?')} sentences, {results.get('mean_tokens', '?')} tokens on average, "
+        f"{results.get('threads', '?')} threads. Peaks: fp32 sgemm {peaks.get('fp32_numpy_sgemm', '?')} GFLOP/s, "
+        f"int8 u8×s8 {peaks.get('int8_ort_u8s8', '?')}, u8×u8 {peaks.get('int8_ort_u8u8', '?')} GOP/s. "
+        + (
+            f"Fastest int8 variant holding 99%: {best['backend']} ({best['vs_pipeline']:.2f}× the pipeline)."
+            if best
+            else "No int8 variant holds 99% agreement."
+        ),
+    ]
+    return "\n".join(rows)
+
+
+RENDERERS = {"learning_curve": learning_curve, "explain": explain, "int8": int8}
 
 
 def table(name: str) -> str:
