@@ -38,9 +38,8 @@ def read_output(folder) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_local_batch_tagging_streams_chunks(registry, sentences, tmp_path):
-    out = tmp_path / "local"
-    invoke("tag-batch", str(sentences), str(out), "--chunk-size", "3000")
+def test_local_batch_tagging_streams_chunks(local_output):
+    out = local_output
     frame = read_output(out)
     assert len(frame) == 10_000 and frame["id"].tolist() == list(range(10_000))
     assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "part-00000.parquet"]  # no _temporary/ left
@@ -51,17 +50,102 @@ def test_local_batch_tagging_streams_chunks(registry, sentences, tmp_path):
     assert json.loads(expected)["stance"] == frame["stance"][0]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("pyspark") is None, reason="PySpark is not installed (make test installs .[spark])"
-)
-@pytest.mark.slow
-@pytest.mark.services
-def test_spark_and_local_outputs_are_identical(registry, sentences, tmp_path):
+def _group_alive(pgid: int) -> list[str]:
+    """The processes still in process group ``pgid`` (``ps`` lines), zombies left out."""
+    lines = subprocess.run(["ps", "-eo", "pgid=,stat=,pid=,args="], capture_output=True, text=True).stdout
+    return [line for line in lines.splitlines() if int(line.split()[0]) == pgid and not line.split()[1].startswith("Z")]
+
+
+@pytest.fixture
+def spark_cluster(tmp_path):
+    """A standalone Spark master and one worker (2 cores, 1 GB) on 127.0.0.1, started with the ``spark-class``
+    of the installed PySpark; its ``spark://`` URL and the master's JSON status URL. Both are stopped afterwards,
+    with everything they started (their process groups), and ``ps`` must show none of them left."""
+    if importlib.util.find_spec("pyspark") is None:
+        pytest.skip("PySpark is not installed (make test installs .[spark])")
     if not shutil.which("java"):
         pytest.skip("Java is not installed; run 'make services'")
-    invoke("tag-batch", str(sentences), str(tmp_path / "local"))
-    invoke("tag-batch", str(sentences), str(tmp_path / "spark"), "--engine", "spark", "--master", "local[2]")
-    local, spark = read_output(tmp_path / "local"), read_output(tmp_path / "spark")
+    import httpx
+    import pyspark
+    from conftest import free_port
+
+    home = Path(pyspark.__file__).parent
+    port, ui = free_port(), free_port()
+    logs = tmp_path / "spark-logs"
+    logs.mkdir()
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOG_DIR": str(logs), "SPARK_LOCAL_IP": "127.0.0.1",
+           "SPARK_DAEMON_MEMORY": "512m", "SPARK_WORKER_DIR": str(tmp_path / "spark-work"),
+           "SPARK_LOCAL_DIRS": str(tmp_path / "spark-work"), "PYSPARK_PYTHON": sys.executable}
+    commands = {
+        "master": ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                   "--webui-port", str(ui)],
+        "worker": ["org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host", "127.0.0.1",
+                   "--webui-port", str(free_port()), "--cores", "2", "--memory", "1g",
+                   "--work-dir", str(tmp_path / "spark-work")],
+    }
+    procs: dict[str, subprocess.Popen] = {}
+
+    def log_tail() -> str:
+        return "\n".join(f"--- {name}:\n" + (logs / f"{name}.log").read_text()[-3000:] for name in procs)
+
+    try:
+        for name, args in commands.items():
+            with open(logs / f"{name}.log", "wb") as out:  # each in its own process group (its executors too)
+                procs[name] = subprocess.Popen([str(home / "bin" / "spark-class"), *args], env=env, stdout=out,
+                                               stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while True:  # the master's web UI lists the worker once it has registered
+            try:
+                if httpx.get(f"http://127.0.0.1:{ui}/json/", timeout=2).json().get("aliveworkers", 0) >= 1:
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            dead = [name for name, proc in procs.items() if proc.poll() is not None]
+            assert not dead and time.monotonic() < deadline, f"no worker registered ({dead} exited)\n{log_tail()}"
+            time.sleep(0.5)
+        yield f"spark://127.0.0.1:{port}", f"http://127.0.0.1:{ui}/json/"
+    finally:
+        for proc in reversed(procs.values()):
+            try:
+                os.killpg(proc.pid, 15)
+            except ProcessLookupError:
+                continue
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_group_alive(proc.pid) for proc in procs.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [line for proc in procs.values() for line in _group_alive(proc.pid)]
+        for proc in procs.values():  # a failure must not leave them behind either
+            if _group_alive(proc.pid):
+                os.killpg(proc.pid, 9)
+        assert left == [], left
+
+
+@pytest.fixture(scope="module")
+def local_output(registry, sentences, tmp_path_factory) -> Path:
+    """The local engine's output of the 10,000 sentences, in chunks of 3,000 (shared by the tests below)."""
+    out = tmp_path_factory.mktemp("local") / "out"
+    invoke("tag-batch", str(sentences), str(out), "--chunk-size", "3000")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_spark_cluster_and_local_outputs_are_identical(registry, sentences, local_output, spark_cluster, tmp_path):
+    """``--engine spark`` on a standalone master and worker (separate JVMs and Python workers, the model
+    shipped to the executor) gives the local engine's output."""
+    import httpx
+
+    master, status = spark_cluster
+    invoke("tag-batch", str(sentences), str(tmp_path / "spark"), "--engine", "spark", "--master", master)
+    cluster = httpx.get(status, timeout=10).json()  # the job ran there, and its application has ended
+    assert [(app["name"], app["state"]) for app in cluster["completedapps"]] == [("tagger tag-batch", "FINISHED")]
+    assert cluster["activeapps"] == []
+    local, spark = read_output(local_output), read_output(tmp_path / "spark")
     assert list(local.columns) == list(spark.columns) and len(spark) == 10_000
     for column in local.columns:
         left, right = local[column].tolist(), spark[column].tolist()
@@ -233,12 +317,13 @@ def test_a_downloaded_model_copy_is_removed(registry, sentences, tmp_path, monke
     runs, _ = registry
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    out = tmp_path / "out"
-    invoke("tag-batch", str(sentences), str(out), "--model", f"runs:/{runs[('topic', 'tfidf_logreg')]}/model",
+    out, head = tmp_path / "out", tmp_path / "head.jsonl"  # 1,000 sentences: the copy is the point, not the size
+    head.write_text("".join(sentences.read_text(encoding="utf-8").splitlines(keepends=True)[:1000]), encoding="utf-8")
+    invoke("tag-batch", str(head), str(out), "--model", f"runs:/{runs[('topic', 'tfidf_logreg')]}/model",
            "--workers", "1")
     assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "part-00000.parquet"]
     assert list((tmp_path / "tmp").iterdir()) == []
-    assert len(pd.read_parquet(out)) == 10_000
+    assert len(pd.read_parquet(out)) == 1_000
 
 
 def _descendants(pid: int) -> list[int]:

@@ -692,11 +692,20 @@ def spark_session(master: str | None):
         master = os.environ.get("SPARK_MASTER", "local[*]")
     if master:
         builder = builder.master(master)
-    if master and master.startswith("local"):  # everything on this machine: stay on loopback
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if master and (master.startswith("local") or loopback_master(master)):  # all on this machine: stay on loopback
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # executors connect back to the driver there
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+    if master and master.startswith("local"):
         builder = builder.config("spark.ui.enabled", "false")
     return builder.getOrCreate()
+
+
+def loopback_master(master: str) -> bool:
+    """Whether a ``spark://host:port[,host:port]`` master runs on this machine's loopback (127.x, localhost, ::1)."""
+    if not master.startswith("spark://"):
+        return False
+    hosts = [address.rsplit(":", 1)[0].strip("[]") for address in master[len("spark://"):].split(",")]
+    return all(host == "localhost" or host.startswith("127.") or host == "::1" for host in hosts)
 
 
 SPARK_TYPES = {"string": "string", "double": "double", "float": "float", "long": "bigint", "integer": "int"}
@@ -715,9 +724,6 @@ def spark_ddl(schema) -> str:
 
 def tag_spark(job: BatchJob, master: str | None = None) -> dict:
     """Tag with ``mlflow.pyfunc.spark_udf`` on a Spark DataFrame of the input; Parquet parts out."""
-    import mlflow
-    from pyspark.sql import functions as F
-
     replace = check_job(job)
     uri, model = load_model(job.model)  # a broken reference fails before Spark starts
     if replace:
@@ -725,7 +731,25 @@ def tag_spark(job: BatchJob, master: str | None = None) -> dict:
         clear_folder(job.output)
     created = outermost_missing(job.output)
     start = time.perf_counter()
+    try:  # a session this call makes is stopped at the end (spark_session says what is missing, if anything)
+        from pyspark.sql import SparkSession
+
+        active = SparkSession.getActiveSession()
+    except ImportError:
+        active = None
     spark = spark_session(master)
+    try:
+        return _tag_spark(job, spark, uri, model, created, start)
+    finally:
+        if active is None:  # the application ends: a cluster frees its executors, a new call gets its --master
+            spark.stop()
+
+
+def _tag_spark(job: BatchJob, spark, uri: str, model, created: Path | None, start: float) -> dict:
+    """The Spark part of :func:`tag_spark`, on a started session."""
+    import mlflow
+    from pyspark.sql import functions as F
+
     spark.sparkContext.setLogLevel("ERROR")
     started = time.perf_counter() - start
     paths = [str(p) for p in job.files]
