@@ -31,8 +31,14 @@ DEFAULT_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 SPACE = np.uint32(32)
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
+MIX_1 = np.uint64(0xFF51AFD7ED558CCD)
+MIX_2 = np.uint64(0xC4CEB9FE1A85EC53)
 EMPTY = -1
 FREE = np.uint64(0xFFFFFFFFFFFFFFFF)  # a free slot of a vocabulary table
+HIGH = np.uint64(0xFFFFFFFF00000000)
+LOW32 = np.uint64(0xFFFFFFFF)
+LENGTH_BITS = np.uint64(24)
+LOW24 = np.uint64(0xFFFFFF)  # a term's length in its slot: longer terms are left to sklearn
 
 # per code point: 1 = classified, 2 = \w (re), 4 = whitespace (re \s, str.split)
 KNOWN, WORD, SPACE_BIT = 1, 2, 4
@@ -99,6 +105,7 @@ def code_points(texts: Sequence[str], lowercase: bool) -> tuple[np.ndarray, np.n
 
 @njit(cache=True, nogil=True)
 def _hash(buffer, start, length):
+    """FNV-1a over code points: a running state, which a word bigram continues with " " and the next word."""
     h = FNV_OFFSET
     for i in range(start, start + length):
         h = (h ^ np.uint64(buffer[i])) * FNV_PRIME
@@ -106,9 +113,22 @@ def _hash(buffer, start, length):
 
 
 @njit(cache=True, nogil=True)
+def _mix(h):
+    """MurmurHash3's finaliser: FNV's low bits depend on the low bits alone, and slots are taken from them."""
+    h ^= h >> np.uint64(33)
+    h *= MIX_1
+    h ^= h >> np.uint64(33)
+    h *= MIX_2
+    h ^= h >> np.uint64(33)
+    return h
+
+
+@njit(cache=True, nogil=True)
 def _build_table(term_cps, term_starts):
-    """Open addressing, one row per slot: (hash, term id), ``FREE`` where free; a power of two, at least
-    twice the terms. A term's id is its feature id (terms are stored in feature order)."""
+    """Open addressing over the vocabulary, a power of two at least twice its size. A slot holds the
+    hash's high half and the term id (``FREE`` where free), then where the term's code points start and
+    how many there are, so a hit is confirmed reading the code points alone. A term's id is its feature
+    id (terms are stored in feature order)."""
     n = len(term_starts) - 1
     capacity = 16
     while capacity < 2 * n:
@@ -116,35 +136,53 @@ def _build_table(term_cps, term_starts):
     table = np.full((capacity, 2), FREE, dtype=np.uint64)
     mask = np.uint64(capacity - 1)
     for term in range(n):
-        h = _hash(term_cps, term_starts[term], term_starts[term + 1] - term_starts[term])
+        length = term_starts[term + 1] - term_starts[term]
+        h = _mix(_hash(term_cps, term_starts[term], length))
         slot = h & mask
-        while table[slot, 1] != FREE:
+        while table[slot, 0] != FREE:
             slot = (slot + np.uint64(1)) & mask
-        table[slot, 0] = h
-        table[slot, 1] = np.uint64(term)
+        table[slot, 0] = (h & HIGH) | np.uint64(term)
+        table[slot, 1] = (np.uint64(term_starts[term]) << LENGTH_BITS) | np.uint64(length)
     return table
 
 
 @njit(cache=True, nogil=True)
-def _find(table, term_cps, term_starts, h, buffer, start, length):
-    """The id of the term spelled ``buffer[start:start + length]`` (hash ``h``), or ``EMPTY``."""
+def _find(table, term_cps, h, buffer, start, length):
+    """The id of the term spelled ``buffer[start:start + length]`` (``h``: its ``_mix(_hash(...))``), or ``EMPTY``."""
     mask = np.uint64(len(table) - 1)
     slot = h & mask
+    high = h & HIGH
     while True:
-        if table[slot, 1] == FREE:
+        entry = table[slot, 0]
+        if entry == FREE:
             return EMPTY
-        if table[slot, 0] == h:
-            term = np.int64(table[slot, 1])
-            offset = term_starts[term]
-            if term_starts[term + 1] - offset == length:
+        if entry & HIGH == high:
+            where = table[slot, 1]
+            if np.int64(where & LOW24) == length:
+                offset = np.int64(where >> LENGTH_BITS)
                 same = True
                 for i in range(length):
                     if term_cps[offset + i] != buffer[start + i]:
                         same = False
                         break
                 if same:
-                    return term
+                    return np.int64(entry & LOW32)
         slot = (slot + np.uint64(1)) & mask
+
+
+@njit(cache=True, nogil=True)
+def _touch(table, term_cps, hashes, n, sink):
+    """Read the first slot of each of ``hashes[:n]`` before any is needed: the loads are independent, so
+    the processor overlaps their cache misses, which one lookup after another would wait out in turn."""
+    mask = np.uint64(len(table) - 1)
+    seen = np.uint64(0)
+    for k in range(n):
+        seen ^= table[hashes[k] & mask, 0]
+    for k in range(n):  # then the code points a hit is confirmed against
+        slot = hashes[k] & mask
+        if table[slot, 0] & HIGH == hashes[k] & HIGH:
+            seen ^= np.uint64(term_cps[np.int64(table[slot, 1] >> LENGTH_BITS)])
+    sink[0] ^= seen  # kept, so the compiler keeps the loads
 
 
 @njit(cache=True, nogil=True)
@@ -164,7 +202,7 @@ def _count_row(ids, n, counts, out_indices, out_counts, count):
 
 
 @njit(cache=True, nogil=True)
-def _word_counts(cps, starts, classes, min_n, max_n, table, term_cps, term_starts, n_features):
+def _word_counts(cps, starts, classes, min_n, max_n, table, term_cps, n_features):
     """CSR of each text's word n-gram counts (the default ``token_pattern``)."""
     n_docs = len(starts) - 1
     span = max_n - min_n + 1
@@ -177,6 +215,8 @@ def _word_counts(cps, starts, classes, min_n, max_n, table, term_cps, term_start
     token_ends = np.empty(len(cps) // 2 + 2, dtype=np.int64)
     token_hashes = np.empty(len(cps) // 2 + 2, dtype=np.uint64)
     row = np.empty(64, dtype=np.int32)
+    grams = np.empty(64, dtype=np.uint64)
+    sink = np.zeros(1, dtype=np.uint64)
     scratch = np.empty(64, dtype=np.uint32)
     count = 0
     for doc in range(n_docs):
@@ -198,12 +238,28 @@ def _word_counts(cps, starts, classes, min_n, max_n, table, term_cps, term_start
                 i += 1
         if n_tokens * span > len(row):
             row = np.empty(2 * n_tokens * span, dtype=np.int32)
-        found = 0
+            grams = np.empty(2 * n_tokens * span, dtype=np.uint64)
+        # every n-gram's hash first, then one pass over their slots, then the lookups
+        n_grams = 0
         for n in range(min_n, max_n + 1):
             for first in range(n_tokens - n + 1):
+                h = token_hashes[first]
+                for t in range(first + 1, first + n):
+                    h = (h ^ np.uint64(SPACE)) * FNV_PRIME
+                    for c in range(token_starts[t], token_ends[t]):
+                        h = (h ^ np.uint64(cps[c])) * FNV_PRIME
+                grams[n_grams] = _mix(h)
+                n_grams += 1
+        _touch(table, term_cps, grams, n_grams, sink)
+        found = 0
+        g = 0
+        for n in range(min_n, max_n + 1):
+            for first in range(n_tokens - n + 1):
+                h = grams[g]
+                g += 1
                 if n == 1:
                     start, length = token_starts[first], token_ends[first] - token_starts[first]
-                    term = _find(table, term_cps, term_starts, token_hashes[first], cps, start, length)
+                    term = _find(table, term_cps, h, cps, start, length)
                 else:
                     length = n - 1
                     for t in range(first, first + n):
@@ -211,18 +267,14 @@ def _word_counts(cps, starts, classes, min_n, max_n, table, term_cps, term_start
                     if length > len(scratch):
                         scratch = np.empty(2 * length, dtype=np.uint32)
                     position = 0
-                    h = token_hashes[first]
                     for t in range(first, first + n):
                         if t > first:
                             scratch[position] = SPACE
                             position += 1
-                            h = (h ^ np.uint64(SPACE)) * FNV_PRIME
                         for c in range(token_starts[t], token_ends[t]):
                             scratch[position] = cps[c]
                             position += 1
-                            if t > first:
-                                h = (h ^ np.uint64(cps[c])) * FNV_PRIME
-                    term = _find(table, term_cps, term_starts, h, scratch, 0, length)
+                    term = _find(table, term_cps, h, scratch, 0, length)
                 if term != EMPTY:
                     row[found] = term
                     found += 1
@@ -232,7 +284,7 @@ def _word_counts(cps, starts, classes, min_n, max_n, table, term_cps, term_start
 
 
 @njit(cache=True, nogil=True)
-def _char_wb_counts(cps, starts, classes, min_n, max_n, table, term_cps, term_starts, n_features):
+def _char_wb_counts(cps, starts, classes, min_n, max_n, table, term_cps, n_features):
     """CSR of each text's ``char_wb`` n-gram counts; each distinct word is looked up once per batch."""
     n_docs = len(starts) - 1
     n_cps = len(cps)
@@ -265,7 +317,7 @@ def _char_wb_counts(cps, starts, classes, min_n, max_n, table, term_cps, term_st
     first_of = np.empty(n_words, dtype=np.int64)  # word → its first occurrence
     for w in range(n_words):
         length = word_ends[w] - word_starts[w]
-        h = _hash(cps, word_starts[w], length)
+        h = _mix(_hash(cps, word_starts[w], length))
         slot = h & mask
         while True:
             seen = word_slots[slot]
@@ -291,6 +343,10 @@ def _char_wb_counts(cps, starts, classes, min_n, max_n, table, term_cps, term_st
     word_ids = np.empty(16, dtype=np.int32)
     used = 0
     padded = np.empty(64, dtype=np.uint32)
+    windows = np.empty(64, dtype=np.uint64)
+    sink = np.zeros(1, dtype=np.uint64)
+    window_starts = np.empty(64, dtype=np.int64)
+    window_lengths = np.empty(64, dtype=np.int64)
     for w in range(n_words):
         if first_of[w] != w:
             continue
@@ -306,18 +362,30 @@ def _char_wb_counts(cps, starts, classes, min_n, max_n, table, term_cps, term_st
             grown[:used] = word_ids[:used]
             word_ids = grown
         ids_start[w] = used
+        if span * length > len(windows):
+            windows = np.empty(2 * span * length, dtype=np.uint64)
+            window_starts = np.empty(2 * span * length, dtype=np.int64)
+            window_lengths = np.empty(2 * span * length, dtype=np.int64)
+        # the word's n-grams, hashed first; then one pass over their slots; then the lookups
+        n_windows = 0
         for n in range(min_n, max_n + 1):
             if length <= n:  # a word shorter than n counts once, whole
-                term = _find(table, term_cps, term_starts, _hash(padded, 0, length), padded, 0, length)
-                if term != EMPTY:
-                    word_ids[used] = term
-                    used += 1
+                windows[n_windows] = _mix(_hash(padded, 0, length))
+                window_starts[n_windows] = 0
+                window_lengths[n_windows] = length
+                n_windows += 1
                 break
             for s in range(length - n + 1):
-                term = _find(table, term_cps, term_starts, _hash(padded, s, n), padded, s, n)
-                if term != EMPTY:
-                    word_ids[used] = term
-                    used += 1
+                windows[n_windows] = _mix(_hash(padded, s, n))
+                window_starts[n_windows] = s
+                window_lengths[n_windows] = n
+                n_windows += 1
+        _touch(table, term_cps, windows, n_windows, sink)
+        for k in range(n_windows):
+            term = _find(table, term_cps, windows[k], padded, window_starts[k], window_lengths[k])
+            if term != EMPTY:
+                word_ids[used] = term
+                used += 1
         ids_end[w] = used
     # each text: its words' ids, counted
     most = 0
@@ -347,14 +415,19 @@ def _char_wb_counts(cps, starts, classes, min_n, max_n, table, term_cps, term_st
     return indptr, out_indices[:count], out_counts[:count]
 
 
+# 1 + log(tf) of the small counts almost every n-gram has, computed by numpy as scikit-learn does
+SUBLINEAR = np.log(np.arange(1, 1025, dtype=np.float64)) + 1.0
+
+
 @njit(cache=True, nogil=True)
-def _tfidf_rows(indptr, indices, data, idf, sublinear, l2):
+def _tfidf_rows(indptr, indices, data, idf, sublinear, l2, table):
     for row in range(len(indptr) - 1):
         total = 0.0
         for k in range(indptr[row], indptr[row + 1]):
             value = data[k]
             if sublinear:
-                value = np.log(value) + 1.0
+                count = np.int64(value)
+                value = table[count - 1] if count == value and 1 <= count <= len(table) else np.log(value) + 1.0
             if len(idf):
                 value *= idf[indices[k]]
             data[k] = value
@@ -369,7 +442,7 @@ def tfidf_rows(X, idf: np.ndarray | None, sublinear: bool, l2: bool) -> None:
     """Counts → TF-IDF values in place, as ``TfidfTransformer.transform`` computes them: ``1 + log(tf)``
     if sublinear, times idf, each row scaled to unit length."""
     empty = np.empty(0, dtype=np.float64)
-    _tfidf_rows(X.indptr, X.indices, X.data, empty if idf is None else idf, sublinear, l2)
+    _tfidf_rows(X.indptr, X.indices, X.data, empty if idf is None else idf, sublinear, l2, SUBLINEAR)
 
 
 class NgramAnalyzer:
@@ -392,7 +465,7 @@ class NgramAnalyzer:
     @classmethod
     def from_vectorizer(cls, vectorizer: TfidfVectorizer) -> NgramAnalyzer | None:
         """None if the vectorizer's analyzer is not one compiled here."""
-        if not compilable(vectorizer):
+        if not compilable(vectorizer) or max(map(len, vectorizer.vocabulary_), default=0) >= int(LOW24):
             return None
         return cls(vectorizer.analyzer, vectorizer.ngram_range, vectorizer.lowercase, vectorizer.vocabulary_)
 
@@ -401,5 +474,5 @@ class NgramAnalyzer:
         cps, starts = code_points(texts, self.lowercase)
         classes = char_classes(cps)
         return self._counts(
-            cps, starts, classes, self.min_n, self.max_n, self.table, self.term_cps, self.term_starts, self.n_features
+            cps, starts, classes, self.min_n, self.max_n, self.table, self.term_cps, self.n_features
         )
