@@ -145,6 +145,23 @@ class TfidfBlock:
         X.sum_duplicates()
         return X
 
+    def add_products(
+        self, texts: Sequence[str], weights: np.ndarray, decision: np.ndarray, row_offsets: np.ndarray | None = None
+    ) -> None:
+        """``decision += transform(texts) @ weights`` (rows moved by ``row_offsets``, as crossing does)."""
+        if self.native is None:
+            if row_offsets is not None:
+                raise ValueError("row offsets need the compiled analyzer")
+            decision += self.transform(texts) @ weights
+            return
+        from train.models.ngrams import add_tfidf_products
+
+        counts = self.native.counts(texts)
+        add_tfidf_products(counts, self.idf, self.sublinear_tf, self.l2_norm, weights, decision, row_offsets)
+
+    def add_products_columns(self, columns: Mapping[str, Sequence[str]], weights: np.ndarray, decision) -> None:
+        self.add_products(columns[self.column], weights, decision)
+
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         """The TF-IDF rows of ``texts``, as ``TfidfVectorizer.transform`` computes them."""
         from train.models.ngrams import tfidf_rows
@@ -163,6 +180,19 @@ class CrossedBlock:
 
     def transform_columns(self, columns: Mapping[str, Sequence[str]]) -> sp.csr_matrix:
         return self.crossing.cross(self.words.transform(columns["text"]), [str(t) for t in columns["target"]])
+
+    @property
+    def width(self) -> int:
+        return self.words.width * max(len(self.crossing.targets_), 1)
+
+    def add_products_columns(self, columns: Mapping[str, Sequence[str]], weights: np.ndarray, decision) -> None:
+        """Each row's word features against its target's rows of ``weights`` (none for an unknown target)."""
+        if self.words.native is None:
+            decision += self.transform_columns(columns) @ weights
+            return
+        slots = np.array([self.crossing.targets_.get(str(t), -1) for t in columns["target"]], dtype=np.int64)
+        offsets = np.where(slots >= 0, slots * self.words.width, -1)
+        self.words.add_products(columns["text"], weights, decision, offsets)
 
 
 class CompiledFeatures:
@@ -250,11 +280,10 @@ class CompiledPipeline:
     def predict_proba(self, columns: Mapping[str, Sequence[str]]) -> np.ndarray:
         if self.head is None:
             return self.classifier.predict_proba(self.features.transform(columns))
-        # block by block against its rows of the weights: the stacked feature matrix is never built
+        # block by block against its rows of the weights: no feature matrix is built
         decision = np.zeros((len(columns["text"]), self.head.weights.shape[1]))
         offset = 0
         for block in self.features.blocks:
-            X = block.transform_columns(columns)
-            decision += X @ self.head.weights[offset : offset + X.shape[1]]
-            offset += X.shape[1]
+            block.add_products_columns(columns, self.head.weights[offset : offset + block.width], decision)
+            offset += block.width
         return self.head.link_scores(decision + self.head.intercept)

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-__all__ = ["NgramAnalyzer", "compilable", "tfidf_rows"]
+__all__ = ["NgramAnalyzer", "add_tfidf_products", "compilable", "tfidf_rows"]
 
 DEFAULT_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 SPACE = np.uint32(32)
@@ -443,6 +443,55 @@ def tfidf_rows(X, idf: np.ndarray | None, sublinear: bool, l2: bool) -> None:
     if sublinear, times idf, each row scaled to unit length."""
     empty = np.empty(0, dtype=np.float64)
     _tfidf_rows(X.indptr, X.indices, X.data, empty if idf is None else idf, sublinear, l2, SUBLINEAR)
+
+
+@njit(cache=True, nogil=True)
+def _add_tfidf_products(indptr, indices, data, idf, sublinear, l2, table, weights, row_offsets, decision):
+    values = np.empty(64, dtype=np.float64)
+    outputs = weights.shape[1]
+    for row in range(len(indptr) - 1):
+        offset = row_offsets[row] if len(row_offsets) else 0
+        if offset < 0:
+            continue
+        first, last = indptr[row], indptr[row + 1]
+        if last - first > len(values):
+            values = np.empty(2 * (last - first), dtype=np.float64)
+        total = 0.0
+        for k in range(first, last):
+            value = data[k]
+            if sublinear:
+                count = np.int64(value)
+                value = table[count - 1] if count == value and 1 <= count <= len(table) else np.log(value) + 1.0
+            if len(idf):
+                value *= idf[indices[k]]
+            values[k - first] = value
+            total += value * value
+        scale = 1.0 / np.sqrt(total) if l2 and total > 0.0 else 1.0
+        for k in range(first, last):
+            value = values[k - first] * scale
+            feature = offset + indices[k]
+            for j in range(outputs):
+                decision[row, j] += value * weights[feature, j]
+
+
+def add_tfidf_products(
+    counts: tuple[np.ndarray, np.ndarray, np.ndarray],
+    idf: np.ndarray | None,
+    sublinear: bool,
+    l2: bool,
+    weights: np.ndarray,
+    decision: np.ndarray,
+    row_offsets: np.ndarray | None = None,
+) -> None:
+    """``decision += tfidf(counts) @ weights`` without building the TF-IDF matrix; each row's features
+    start at ``row_offsets[row]`` in ``weights`` (a negative offset: the row adds nothing)."""
+    indptr, indices, data = counts
+    empty_idf = np.empty(0, dtype=np.float64)
+    offsets = np.empty(0, dtype=np.int64) if row_offsets is None else row_offsets
+    _add_tfidf_products(
+        indptr, indices, data, empty_idf if idf is None else idf, sublinear, l2, SUBLINEAR,
+        np.ascontiguousarray(weights), offsets, decision,
+    )  # fmt: skip
 
 
 class NgramAnalyzer:
