@@ -22,7 +22,7 @@ LS_ENV := LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install install-spark install-mpnet browser services demo demo-full test test-fast lint bench bench-reliability ui clean-store \
+.PHONY: install install-spark install-mpnet browser services demo demo-full test test-fast lint bench bench-learning-curve bench-reliability ui clean-store \
         docs \
         labelstudio labelstudio-server test-labelstudio \
         tracking-server tracking-server-stop tracking-server-clean
@@ -32,6 +32,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# PyTorch first, pinned through the constraints file (a loose pin pulls a multi-GB CUDA build)
 	$(PY) -m pip install --quiet --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
 	$(PY) -m pip install --quiet --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	# the TF-IDF families' compiled n-gram analyzer, into numba's cache once (else the first tagging compiles it)
+	$(PY) -c "from train.models.ngrams import warm_up; warm_up()"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -139,16 +141,22 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check train tests
 	$(VENV)/bin/ruff format --check train tests
 
+# the speed benches, after make demo-full (its transformer runs are measured); each writes its JSON, refusals
+# included; bench/speed.py then reads issue 25's goals from them into bench/speed.json (docs: Benchmarks)
 bench: $(STAMP)
 	$(PY) bench/throughput.py --output bench/results.json
 	$(PY) bench/int8.py --output bench/int8.json
 	$(PY) bench/selection.py --output bench/selection.json
-	$(PY) bench/learning_curve.py --jobs 2 --output bench/learning_curve.json --plot docs/learning_curve.png
 	$(PY) bench/tracking.py --output bench/tracking.json
 	$(MAKE) --no-print-directory install-spark && $(PY) bench/batch.py --output bench/batch.json
 	$(PY) bench/batch.py --family static_logreg --engines local --output bench/batch_static.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/serving.py --output bench/serving.json
 	$(PY) bench/serving_overhead.py --output bench/serving_overhead.json
+	$(PY) bench/speed.py --output bench/speed.json
+
+# simulated active learning on the real sentences: about 45 minutes on 2 cores, so not part of make bench
+bench-learning-curve: $(STAMP)
+	$(PY) bench/learning_curve.py --jobs 2 --output bench/learning_curve.json --plot docs/learning_curve.png
 
 # concurrent trainings; kill -9 of train, cv, sweep, promote and tag-batch; 244 bad inputs; 45 big texts
 # while /healthz is timed; 600 slow-header and idle connections; a 5-minute soak with reloads; the JSON

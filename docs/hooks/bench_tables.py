@@ -24,6 +24,7 @@ COMMANDS = {  # how each result file is made (the Makefile's `bench` target runs
     "serving": "bench/serving.py --output bench/serving.json",
     "reliability": "bench/reliability.py --output bench/reliability.json",
     "explain": "bench/explain.py",
+    "speed": "bench/speed.py --output bench/speed.json",
 }
 
 
@@ -144,7 +145,16 @@ def int8(results: dict) -> str:
     return "\n".join(rows)
 
 
-RENDERERS = {"learning_curve": learning_curve, "explain": explain, "int8": int8}
+def speed(results: dict) -> str:
+    """Issue 25's speed goals (bench/speed.py): before, the goal, one make bench run's figure."""
+    rows = ["| measure | before | goal | measured | met |", "|---|---|---|---|---|"]
+    for name, row in results["goals"].items():
+        met = "yes" if row.get("met") else "**no**"
+        rows.append(f"| {name.replace('_', ' ')} | {row['before']} | {row['goal']} | {row['measured']} | {met} |")
+    return "\n".join(rows)
+
+
+RENDERERS = {"learning_curve": learning_curve, "explain": explain, "int8": int8, "speed": speed}
 
 
 def table(name: str) -> str:

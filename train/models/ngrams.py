@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-__all__ = ["NgramAnalyzer", "add_tfidf_products", "compilable", "tfidf_rows"]
+__all__ = ["NgramAnalyzer", "add_tfidf_products", "compilable", "tfidf_rows", "warm_up"]
 
 DEFAULT_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 SPACE = np.uint32(32)
@@ -525,3 +525,15 @@ class NgramAnalyzer:
         return self._counts(
             cps, starts, classes, self.min_n, self.max_n, self.table, self.term_cps, self.n_features
         )
+
+
+def warm_up() -> None:
+    """Compile every function here into numba's on-disk cache (``make install`` runs this once, so the
+    first tagging does not wait seconds for the compiler)."""
+    import scipy.sparse as sp
+
+    vocabulary = {"ab": 0, "ab cd": 1, " a": 2}
+    for analyzer in ("word", "char_wb"):
+        indptr, indices, data = NgramAnalyzer(analyzer, (1, 2), True, vocabulary).counts(["ab cd", "x"])
+        add_tfidf_products((indptr, indices, data.copy()), np.ones(3), True, True, np.ones((3, 1)), np.zeros((2, 1)))
+        tfidf_rows(sp.csr_matrix((data, indices, indptr), shape=(2, 3)), np.ones(3), True, True)
