@@ -74,6 +74,64 @@ def _throughput(predict, sentences, repeats: int = 3) -> float:
     return round(len(sentences) / float(np.median(timings)), 1)
 
 
+def corpus_variants(n: int) -> list[dict]:
+    """``n`` sentences: the corpus's ``text`` and ``target``, with numbered variants once it runs out."""
+    rows = [json.loads(line) for line in (PROJECT_ROOT / "data/train/news_sentences.jsonl").open(encoding="utf-8")]
+    return [
+        {"text": f"{rows[i % len(rows)]['text']} ({i // len(rows)})", "target": rows[i % len(rows)]["target"]}
+        for i in range(n)
+    ]
+
+
+def bench_predict_cli(config_path: str = "configs/topic/static_logreg.yaml", sizes=(10_000, 40_000)) -> dict:
+    """``tagger predict`` (JSON Lines in and out, its own process) against the same model in process.
+
+    The model is fitted here and saved as an MLflow model folder; the CLI's rate is the slope between
+    ``sizes`` (so loading and start-up cancel out), the in-process rate that of ``model.predict`` on the
+    larger input; ``cli_over_in_process`` is their ratio (goal of issue 25: >= 0.9).
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    import mlflow
+    import pandas as pd
+
+    from train.tracking.packaging import classifier_model_arguments
+
+    config = load_config(PROJECT_ROOT / config_path)
+    data = load_for(config)
+    model = build_model(config.model.family, config.task.type, config.task.labels, config.model.params, config.seed)
+    model.fit(data.inputs, data.labels)
+    rows = corpus_variants(max(sizes))
+    frame = pd.DataFrame(rows)
+    model.predict(frame.head(16))
+    start = time.perf_counter()
+    model.predict(frame)
+    in_process = len(frame) / (time.perf_counter() - start)
+    seconds = {}
+    with tempfile.TemporaryDirectory(prefix="tagger-predict-bench-") as tmp:
+        folder = Path(tmp) / "model"
+        mlflow.pyfunc.save_model(str(folder), **classifier_model_arguments(model, data.inputs, Path(tmp) / "work"))
+        for n in sizes:
+            source = Path(tmp) / f"in-{n}.jsonl"
+            source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:n]), encoding="utf-8")
+            command = [sys.executable, "-m", "train.cli", "predict", str(folder), "--input", str(source)]
+            start = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=PROJECT_ROOT)
+            seconds[n] = time.perf_counter() - start
+    low, high = sizes[0], sizes[-1]
+    cli = (high - low) / (seconds[high] - seconds[low])
+    return {
+        "config": config_path,
+        "command": "tagger predict MODEL_FOLDER --input SENTENCES.jsonl > /dev/null",
+        "process_seconds": {str(n): round(s, 2) for n, s in seconds.items()},
+        "cli_sentences_per_second": round(cli, 1),
+        "in_process_sentences_per_second": round(in_process, 1),
+        "cli_over_in_process": round(cli / in_process, 2),
+    }
+
+
 def finished_runs(task: str):
     """The task's finished runs, newest first (None when there are none)."""
     from train.domain import experiment_name
@@ -256,6 +314,7 @@ def main() -> None:
             "cpus": __import__("os").cpu_count(),
         },
         "tfidf": [bench_config(c) for c in args.configs],
+        "predict_cli": bench_predict_cli(),
     }
     if not args.skip_transformer:
         results["fine_tune"] = fine_tune_times()

@@ -176,13 +176,24 @@ def csv_problem(exc: Exception) -> str:
 
 def json_rows(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a JSONL file; a bad line is an error naming it."""
+    import orjson
+
     too_deep_message = f"JSON nested more than {MAX_JSON_DEPTH} levels deep"
-    with open(path, "rb") as handle:
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    with open(path, "rb", buffering=1 << 20) as handle:
         for number, raw in enumerate(handle, 1):
             if number == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")
             if not raw.strip():
                 continue
+            try:
+                row = loads(raw)  # orjson; a line it refuses is read again by json below, for json's messages
+            except decode_error:
+                pass  # and json reads what orjson refuses but json takes (NaN, a lone surrogate: refused later)
+            else:
+                if type(row) is dict and not too_deep(row):
+                    yield number, row
+                    continue
             try:
                 row = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as exc:

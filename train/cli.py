@@ -132,19 +132,22 @@ def predict(
     topic + stance model); JSON Lines out."""
     from train.domain import DEFAULT_TARGET
     from train.inputs import read_sentences
+    from train.outputs import json_lines, paused_gc
     from train.tracking.packaging import model_uri, predict_records
 
     if target is not None and not target.strip():
         raise TaggerError("--target is empty")
     model_uri(model)  # a malformed or refused reference fails before the input is read
-    rows, priors = predict_records(
-        model, read_sentences(source), target or DEFAULT_TARGET, backend, adjust_priors, force_backend
-    )
+    with paused_gc():  # one dict per sentence in and out: no cycles to collect
+        rows, priors = predict_records(
+            model, read_sentences(source), target or DEFAULT_TARGET, backend, adjust_priors, force_backend
+        )
+        output = json_lines(rows)
     for task_type, report in priors.items():
         shifts = ", ".join(f"{label} {tuned:.3f} -> {batch:.3f}" for label, (tuned, batch) in report.items())
         log.info("label priors of the %s model (tuned -> this batch of %d): %s", task_type, len(rows), shifts)
-    for row in rows:
-        click.echo(json.dumps(row, ensure_ascii=False))
+    sys.stdout.flush()
+    sys.stdout.buffer.write(output)  # one write, not one flushed echo per row
 
 
 @cli.command()
@@ -379,8 +382,10 @@ def tag(text, source, target, topic_model, stance_model, as_json, explain, top_k
         for row, explanation in zip(results, explained, strict=True):
             row["explanation"] = explanation
     if as_json:
-        for row in results:
-            click.echo(json.dumps(row, ensure_ascii=False))
+        from train.outputs import json_lines
+
+        sys.stdout.flush()
+        sys.stdout.buffer.write(json_lines(results))
         return
     from rich.console import Console
     from rich.table import Table

@@ -144,24 +144,50 @@ def read_source(source: str) -> tuple[str, str]:
 
 def read_sentences(source: str) -> list[dict]:
     """JSON Lines objects with ``text`` (and optional ``target``), or plain lines of text."""
+    import orjson
+
     text, name = read_source(source)
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # not str.splitlines: U+2028 is no break
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped:
             continue
-        if line.lstrip().startswith("{"):
+        if stripped[0] == "{":
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaggerError(f"{name} line {number}: invalid JSON: {exc.msg}") from None
-            if not isinstance(row.get("text"), str) or not row["text"].strip():
+                row = loads(line)
+            except decode_error:  # json's reading and messages: it also takes NaN and lone surrogates
+                row = _json_line(line, name, number)
+            value = row.get("text")
+            if not isinstance(value, str) or not value.strip():
                 raise TaggerError(f"{name} line {number}: missing or empty 'text'")
         else:
-            row = {"text": line.strip()}
+            row = {"text": stripped}
         rows.append(row)
     if not rows:
         raise TaggerError(f"{name}: no input sentences")
     return rows
+
+
+def _json_line(line: str, name: str, number: int) -> dict:
+    """A line orjson refused, read by ``json`` (which takes ``NaN``); its message names the line, and a value
+    the output cannot hold (a lone surrogate, an integer over 64 bits) is refused here, not when writing."""
+    import orjson
+
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise TaggerError(f"{name} line {number}: invalid JSON: {exc.msg}") from None
+    try:
+        orjson.dumps(row)
+    except orjson.JSONEncodeError as exc:
+        if "surrogate" in str(exc):
+            raise TaggerError(
+                f"{name} line {number}: a string holds a lone surrogate (an unpaired \\uD800-\\uDFFF escape)"
+            ) from None
+        raise TaggerError(f"{name} line {number}: a value that JSON output cannot hold ({exc})") from None
+    return row
 
 
 def _probe_folder(folder: Path, path: str, option: str) -> None:

@@ -8,6 +8,10 @@ model) or as a DataFrame (``tag_frame``: the combined pyfunc ``tagger``, e.g. ``
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pandas as pd
 
@@ -35,8 +39,36 @@ def _key(classifier: TextClassifier) -> str:
     return LABEL_COLUMNS["multilabel" if classifier.multilabel else "multiclass"]
 
 
-def _rounded(labels: list[str], row: np.ndarray) -> dict[str, float]:
-    return {label: round(float(value), SCORE_DECIMALS) for label, value in zip(labels, row, strict=True)}
+def rounded_scores(labels: list[str], proba: np.ndarray) -> list[dict[str, float]]:
+    """``{label: score}`` per row, scores rounded to ``SCORE_DECIMALS`` by numpy in one pass."""
+    rounded = np.round(np.asarray(proba, dtype=float), SCORE_DECIMALS).tolist()
+    if rounded and len(rounded[0]) != len(labels):
+        raise ValueError(f"{len(rounded[0])} scores per row for {len(labels)} labels")
+    return [dict(zip(labels, row, strict=False)) for row in rounded]  # lengths checked once, not per row
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a bulk pass (re-enabled after, if it was on).
+
+    Building a dict per sentence makes the collector rescan every object made so far, again and
+    again: about half the per-row cost of the JSON path, for no garbage (these objects hold no cycles).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def json_lines(rows: list[dict]) -> bytes:
+    """``rows`` as JSON Lines (UTF-8, compact, one object a line), serialised by orjson in one pass."""
+    import orjson
+
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
+    return b"".join([dumps(row, option=newline) for row in rows])
 
 
 def classifier_frame(classifier: TextClassifier, proba: np.ndarray) -> pd.DataFrame:
@@ -49,25 +81,20 @@ def classifier_frame(classifier: TextClassifier, proba: np.ndarray) -> pd.DataFr
 
 def classifier_records(classifier: TextClassifier, proba: np.ndarray) -> list[dict]:
     """``{"topics"|"stance": ..., "scores": {label: score}}`` per sentence."""
-    return [
-        {_key(classifier): decided, "scores": _rounded(classifier.labels, row)}
-        for decided, row in zip(classifier.decide(proba), proba, strict=True)
-    ]
+    key = _key(classifier)
+    scores = rounded_scores(classifier.labels, proba)
+    return [{key: decided, "scores": row} for decided, row in zip(classifier.decide(proba), scores, strict=True)]
 
 
 def tag_records(
     topic: TextClassifier, stance: TextClassifier, topic_proba: np.ndarray, stance_proba: np.ndarray
 ) -> list[dict]:
     """``topics``, ``topic_scores``, ``stance``, ``stance_scores`` per sentence."""
+    topic_scores, stance_scores = rounded_scores(topic.labels, topic_proba), rounded_scores(stance.labels, stance_proba)
     return [
-        {
-            "topics": topics,
-            "topic_scores": _rounded(topic.labels, topic_row),
-            "stance": label,
-            "stance_scores": _rounded(stance.labels, stance_row),
-        }
+        {"topics": topics, "topic_scores": topic_row, "stance": label, "stance_scores": stance_row}
         for topics, topic_row, label, stance_row in zip(
-            topic.decide(topic_proba), topic_proba, stance.decide(stance_proba), stance_proba, strict=True
+            topic.decide(topic_proba), topic_scores, stance.decide(stance_proba), stance_scores, strict=True
         )
     ]
 

@@ -173,6 +173,16 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
+class FastJSONResponse(JSONResponse):
+    """JSON serialised by orjson in one pass (UTF-8, compact), without FastAPI's ``jsonable_encoder`` walk over
+    every value: the answers of ``/v1/tag`` hold a dict of scores per sentence."""
+
+    def render(self, content) -> bytes:
+        import orjson
+
+        return orjson.dumps(content, default=jsonable_encoder, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with pydantic's reasons, as FastAPI's own handler, but safe for any input it quotes."""
     return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
@@ -333,8 +343,8 @@ def create_app(
         for row, explanation in zip(results, explained, strict=True):
             row["explanation"] = explanation
 
-    @app.post("/v1/tag")
-    async def tag(request: TagRequest) -> dict:
+    @app.post("/v1/tag", response_class=FastJSONResponse)
+    async def tag(request: TagRequest) -> FastJSONResponse:
         deadline = time.monotonic() + request_timeout
         target = request.target.strip() if request.target else default_target
         try:
@@ -357,7 +367,7 @@ def create_app(
             raise HTTPException(503, f"request ran past its {request_timeout:g} s deadline; send less text") from None
         except ModelCallError as exc:
             raise HTTPException(500, f"tagging failed: {exc}") from None
-        return {"target": target, "models": versions, "sentences": results}
+        return FastJSONResponse({"target": target, "models": versions, "sentences": results})
 
     @app.post("/v1/admin/reload")
     async def reload(request: Request) -> dict:

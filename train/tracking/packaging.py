@@ -395,8 +395,8 @@ def predict_records(
     from train.outputs import classifier_records, tag_records
 
     wrapper = load_wrapper(reference)
-    with_target = [{**row, "target": row.get("target") or target} for row in rows]
-    frame = model_inputs(pd.DataFrame(with_target), target)
+    targets = [row.get("target") or target for row in rows]
+    frame = pd.DataFrame({"text": [row["text"] for row in rows], "target": targets})  # columns, not rows of dicts
     priors = {}
 
     def scores(classifier: TextClassifier, proba) -> object:
@@ -418,9 +418,11 @@ def predict_records(
         classifier = wrapper.classifier
         set_backend([classifier], backend, force_backend)
         records = classifier_records(classifier, scores(classifier, classifier.predict_proba(frame)))
-        if classifier.multilabel:
-            with_target = rows  # a topic model reads no target: none is echoed
-    return [{**row, **record} for row, record in zip(with_target, records, strict=True)], priors
+        if classifier.multilabel:  # a topic model reads no target: none is echoed
+            return [{**row, **record} for row, record in zip(rows, records, strict=True)], priors
+    return [
+        {**row, "target": given, **record} for row, given, record in zip(rows, targets, records, strict=True)
+    ], priors
 
 
 def export_model(name: str, alias: str, out: Path) -> Path:
