@@ -209,8 +209,13 @@ class TextClassifier:
     def decide(self, proba: np.ndarray) -> list:
         """Scores → labels: per-label thresholds (multi-label) or arg-max of log-score + class offset (multi-class)."""
         if self.multilabel:
-            chosen = proba >= self.thresholds_
-            return [[lab for lab, keep in zip(self.labels, row, strict=True) if keep] for row in chosen]
+            chosen = np.asarray(proba >= self.thresholds_)
+            if chosen.shape[1] > 16:
+                return [[lab for lab, keep in zip(self.labels, row, strict=True) if keep] for row in chosen]
+            # each row's label set as a bit pattern: the list of each pattern is built once, copied per row
+            codes = chosen.astype(np.int64) @ (1 << np.arange(chosen.shape[1], dtype=np.int64))
+            sets = {c: [lab for j, lab in enumerate(self.labels) if c >> j & 1] for c in np.unique(codes).tolist()}
+            return [sets[c].copy() for c in codes.tolist()]
         return [self.labels[i] for i in apply_offsets(proba, self.offsets_)]
 
     def predict(self, X) -> list:
