@@ -307,14 +307,14 @@ def _char_wb_counts(cps, starts, classes, min_n, max_n, table, term_cps, n_featu
             n_words += 1
             i = j
         doc_words[doc + 1] = n_words
-    # distinct words: a table keyed by the word's hash, confirmed by its code points
-    capacity = 16
-    while capacity < 2 * n_words:
-        capacity *= 2
+    # distinct words: a table keyed by the word's hash, confirmed by its code points; sized for the
+    # distinct words (grown as they come), so it stays in cache where one slot per word would not
+    capacity = 1024
     mask = np.uint64(capacity - 1)
     word_slots = np.full(capacity, EMPTY, dtype=np.int64)  # slot → first occurrence (a word index)
     word_hashes = np.zeros(capacity, dtype=np.uint64)
     first_of = np.empty(n_words, dtype=np.int64)  # word → its first occurrence
+    distinct = 0
     for w in range(n_words):
         length = word_ends[w] - word_starts[w]
         h = _mix(_hash(cps, word_starts[w], length))
@@ -325,6 +325,7 @@ def _char_wb_counts(cps, starts, classes, min_n, max_n, table, term_cps, n_featu
                 word_slots[slot] = w
                 word_hashes[slot] = h
                 first_of[w] = w
+                distinct += 1
                 break
             if word_hashes[slot] == h and word_ends[seen] - word_starts[seen] == length:
                 same = True
@@ -336,6 +337,19 @@ def _char_wb_counts(cps, starts, classes, min_n, max_n, table, term_cps, n_featu
                     first_of[w] = seen
                     break
             slot = (slot + np.uint64(1)) & mask
+        if 2 * distinct > capacity:  # at half full: twice the slots, the words rehashed
+            old_slots, old_hashes = word_slots, word_hashes
+            capacity *= 2
+            mask = np.uint64(capacity - 1)
+            word_slots = np.full(capacity, EMPTY, dtype=np.int64)
+            word_hashes = np.zeros(capacity, dtype=np.uint64)
+            for old in range(len(old_slots)):
+                if old_slots[old] != EMPTY:
+                    slot = old_hashes[old] & mask
+                    while word_slots[slot] != EMPTY:
+                        slot = (slot + np.uint64(1)) & mask
+                    word_slots[slot] = old_slots[old]
+                    word_hashes[slot] = old_hashes[old]
     # each distinct word's feature ids, from its padded form " word "
     ids_start = np.zeros(n_words, dtype=np.int64)
     ids_end = np.zeros(n_words, dtype=np.int64)
