@@ -268,8 +268,10 @@ def static_variants(damage: dict[str, float], nodes: list[str]) -> dict[str, dic
     out["static-qdq MinMax FFN MatMul only"] = {"mode": "static", "calibrate": "MinMax", "nodes_to_quantize": ffn}
     out["dynamic FFN MatMul only"] = {"mode": "dynamic", "nodes_to_quantize": ffn}
     out["dynamic MatMul only (no embeddings)"] = {"mode": "dynamic", "op_types_to_quantize": ["MatMul"]}
-    for k in (2, 4, 8, 16) if ranked else ():
+    for k in (4, 8, 16, 24, 32) if ranked else ():
         out[f"dynamic, {k} most sensitive fp32"] = {"mode": "dynamic", "nodes_to_exclude": ranked[:k]}
+    early = [n for n in nodes if any(f"/layer.{i}/" in n for i in (0, 1, 2)) or "embeddings" in n]
+    out["dynamic, embeddings and layers 0-2 fp32"] = {"mode": "dynamic", "nodes_to_exclude": early}
     for k in (4, 8) if ranked else ():
         out[f"static-qdq MinMax, {k} most sensitive fp32"] = {
             "mode": "static",
