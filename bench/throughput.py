@@ -53,7 +53,7 @@ def bench_config(path: str, repeats: int = 3) -> dict:
     for i in range(len(single)):
         model.predict(single.iloc[[i]])
     one_at_a_time = (time.perf_counter() - start) / len(single)
-    return {
+    result = {
         "config": path,
         "train_sentences": len(data),
         "train_seconds": round(train_seconds, 3),
@@ -61,6 +61,40 @@ def bench_config(path: str, repeats: int = 3) -> dict:
         "single_sentence_latency_ms": round(one_at_a_time * 1000, 2),
         "peak_rss_mb_so_far": round(peak_rss_mb(), 1),
     }
+    if getattr(model, "compiled_", None) is not None and model.compiled_.head is not None:
+        result["microseconds_per_sentence"] = tfidf_stages(model, inputs)
+    return result
+
+
+def tfidf_stages(model, inputs, repeats: int = 5) -> dict[str, float]:
+    """Where a compiled TF-IDF model's batch time goes, in microseconds per sentence (best of ``repeats``):
+    reading the columns, each block's n-gram counts and its TF-IDF × weights products, the decisions."""
+
+    def best(work) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return round(min(times) * 1e6 / len(inputs), 2)
+
+    columns = model._inputs(inputs)
+    compiled = model.compiled_
+    stages = {"predict": best(lambda: model.predict(inputs)), "read_columns": best(lambda: model._inputs(inputs))}
+    offset = 0
+    for i, block in enumerate(compiled.features.blocks):
+        words = getattr(block, "words", block)
+        analyzer = words.native.analyzer if words.native is not None else "python"
+        name = f"block{i}_{getattr(block, 'column', 'crossed')}_{analyzer}"
+        weights = compiled.head.weights[offset : offset + block.width]
+        decision = np.zeros((len(inputs), weights.shape[1]))
+        stages[f"{name}_total"] = best(lambda b=block, w=weights, d=decision: b.add_products_columns(columns, w, d))
+        if words.native is not None and hasattr(block, "column"):
+            stages[f"{name}_counts"] = best(lambda w=words, c=block.column: w.native.counts(columns[c]))
+        offset += block.width
+    proba = model.predict_proba(inputs)
+    stages["decide"] = best(lambda: model.decide(proba))
+    return stages
 
 
 def _throughput(predict, sentences, repeats: int = 3) -> float:
