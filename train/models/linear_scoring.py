@@ -85,6 +85,7 @@ class TfidfBlock:
     l2_norm: bool
     native: NgramAnalyzer | None = field(default=None, repr=False)  # the compiled analyzer, where there is one
     word_ids: dict[str, list[int]] = field(default_factory=dict, repr=False)  # char_wb: a word's feature ids
+    packed: dict = field(default_factory=dict, repr=False)  # idf beside the head's weights, per weights array
 
     @classmethod
     def from_vectorizer(cls, column: str, vectorizer: TfidfVectorizer, native: bool = True) -> TfidfBlock | None:
@@ -154,10 +155,14 @@ class TfidfBlock:
                 raise ValueError("row offsets need the compiled analyzer")
             decision += self.transform(texts) @ weights
             return
-        from train.models.ngrams import add_tfidf_products
+        from train.models.ngrams import add_tfidf_products, pack_weights
 
+        key = (weights.__array_interface__["data"][0], weights.shape, weights.strides)  # the head's rows
+        packed = self.packed.get(key)
+        if packed is None:
+            packed = self.packed[key] = pack_weights(self.idf, weights, self.width)
         counts = self.native.counts(texts)
-        add_tfidf_products(counts, self.idf, self.sublinear_tf, self.l2_norm, weights, decision, row_offsets)
+        add_tfidf_products(counts, self.sublinear_tf, self.l2_norm, packed, decision, row_offsets)
 
     def add_products_columns(self, columns: Mapping[str, Sequence[str]], weights: np.ndarray, decision) -> None:
         self.add_products(columns[self.column], weights, decision)

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-__all__ = ["NgramAnalyzer", "add_tfidf_products", "compilable", "tfidf_rows", "warm_up"]
+__all__ = ["NgramAnalyzer", "add_tfidf_products", "compilable", "pack_weights", "tfidf_rows", "warm_up"]
 
 DEFAULT_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 SPACE = np.uint32(32)
@@ -458,10 +458,9 @@ def tfidf_rows(X, idf: np.ndarray | None, sublinear: bool, l2: bool) -> None:
 
 
 @njit(cache=True, nogil=True)
-def _add_tfidf_products(indptr, indices, data, idf, sublinear, l2, table, weights, row_offsets, decision):
+def _add_tfidf_products(indptr, indices, data, sublinear, l2, table, packed, row_offsets, decision):
     values = np.empty(64, dtype=np.float64)
-    sink = np.zeros(1, dtype=np.float64)
-    outputs = weights.shape[1]
+    outputs = packed.shape[1] - 1
     for row in range(len(indptr) - 1):
         offset = row_offsets[row] if len(row_offsets) else 0
         if offset < 0:
@@ -470,44 +469,44 @@ def _add_tfidf_products(indptr, indices, data, idf, sublinear, l2, table, weight
         if last - first > len(values):
             values = np.empty(2 * (last - first), dtype=np.float64)
         total = 0.0
-        touched = 0.0
         for k in range(first, last):
             value = data[k]
             if sublinear:
                 count = np.int64(value)
                 value = table[count - 1] if count == value and 1 <= count <= len(table) else np.log(value) + 1.0
-            if len(idf):
-                value *= idf[indices[k]]
+            value *= packed[offset + indices[k], 0]  # idf: the weights follow it in the same row
             values[k - first] = value
             total += value * value
-            touched += weights[offset + indices[k], 0]  # the row's weights, loaded while the norm is summed
-        sink[0] += touched  # kept, so the compiler keeps the loads
         scale = 1.0 / np.sqrt(total) if l2 and total > 0.0 else 1.0
         for k in range(first, last):
             value = values[k - first] * scale
             feature = offset + indices[k]
             for j in range(outputs):
-                decision[row, j] += value * weights[feature, j]
+                decision[row, j] += value * packed[feature, j + 1]
+
+
+def pack_weights(idf: np.ndarray | None, weights: np.ndarray, width: int) -> np.ndarray:
+    """One row per feature: its idf (1 without idf), then its weights; ``weights`` may hold several
+    copies of the features one after another (a crossed block: one per target)."""
+    copies = weights.shape[0] // width if width else 0
+    column = np.ones(weights.shape[0]) if idf is None else np.tile(np.asarray(idf, dtype=np.float64), copies)
+    return np.ascontiguousarray(np.column_stack([column, weights]), dtype=np.float64)
 
 
 def add_tfidf_products(
     counts: tuple[np.ndarray, np.ndarray, np.ndarray],
-    idf: np.ndarray | None,
     sublinear: bool,
     l2: bool,
-    weights: np.ndarray,
+    packed: np.ndarray,
     decision: np.ndarray,
     row_offsets: np.ndarray | None = None,
 ) -> None:
-    """``decision += tfidf(counts) @ weights`` without building the TF-IDF matrix; each row's features
-    start at ``row_offsets[row]`` in ``weights`` (a negative offset: the row adds nothing)."""
+    """``decision += tfidf(counts) @ weights`` without building the TF-IDF matrix (``packed``:
+    :func:`pack_weights`); each row's features start at ``row_offsets[row]`` (a negative offset: the row
+    adds nothing)."""
     indptr, indices, data = counts
-    empty_idf = np.empty(0, dtype=np.float64)
     offsets = np.empty(0, dtype=np.int64) if row_offsets is None else row_offsets
-    _add_tfidf_products(
-        indptr, indices, data, empty_idf if idf is None else idf, sublinear, l2, SUBLINEAR,
-        np.ascontiguousarray(weights), offsets, decision,
-    )  # fmt: skip
+    _add_tfidf_products(indptr, indices, data, sublinear, l2, SUBLINEAR, packed, offsets, decision)
 
 
 class NgramAnalyzer:
@@ -551,5 +550,6 @@ def warm_up() -> None:
     vocabulary = {"ab": 0, "ab cd": 1, " a": 2}
     for analyzer in ("word", "char_wb"):
         indptr, indices, data = NgramAnalyzer(analyzer, (1, 2), True, vocabulary).counts(["ab cd", "x"])
-        add_tfidf_products((indptr, indices, data.copy()), np.ones(3), True, True, np.ones((3, 1)), np.zeros((2, 1)))
+        packed = pack_weights(np.ones(3), np.ones((3, 1)), 3)
+        add_tfidf_products((indptr, indices, data.copy()), True, True, packed, np.zeros((2, 1)))
         tfidf_rows(sp.csr_matrix((data, indices, indptr), shape=(2, 3)), np.ones(3), True, True)
