@@ -110,6 +110,19 @@ def test_onnx_backends_match_torch(tiny_run):
     classifier.set_backend("onnx-int8", force=True)  # a few training steps leave scores at the thresholds
     int8_scores = classifier.predict_proba(SEEDS)
     assert np.abs(int8_scores - torch_scores).max() < INT8_TOLERANCE
+    # the embeddings and layers 0-2 stay fp32 (their MatMuls keep their names), layers 3-5 are int8
+    import onnx
+
+    from train.models.transformer import sensitive_nodes
+
+    kept = sensitive_nodes(classifier.onnx_dir_ / "model.onnx")
+    assert any("/embeddings/" in n for n in kept) and any("/layer.2/" in n for n in kept)
+    assert not any("/layer.3/" in n for n in kept)
+    ops = {n.name: n.op_type for n in onnx.load(str(classifier.onnx_dir_ / "model.int8.onnx")).graph.node}
+    assert all(ops[n] == "MatMul" for n in kept if n.endswith("/MatMul"))
+    quantized = [n for n, op in ops.items() if op == "MatMulInteger"]
+    assert any("/layer.5/" in n for n in quantized)
+    assert not any("/embeddings/" in n or any(f"/layer.{i}/" in n for i in (0, 1, 2)) for n in quantized)
     with pytest.raises(ValueError, match="no .tensorrt. backend .it has: torch, onnx, onnx-int8."):
         classifier.set_backend("tensorrt")
 
