@@ -154,7 +154,30 @@ def speed(results: dict) -> str:
     return "\n".join(rows)
 
 
-RENDERERS = {"learning_curve": learning_curve, "explain": explain, "int8": int8, "speed": speed}
+def batch(results: dict) -> str:
+    """bench/batch.py: each engine's throughput on the generated input."""
+    rows = ["| engine | sentences/s | tagging s | process s | peak RSS MB |", "|---|---|---|---|---|"]
+    for engine in ("local", "spark"):
+        if engine in results:
+            run = results[engine]
+            rows.append(
+                f"| `{run['command']}` | {run['sentences_per_second']:,} | {run['tagging_seconds']} "
+                f"| {run['process_seconds']} | {run['peak_rss_mb']} |"
+            )
+    source = results.get("input", {})
+    rows.append("")
+    rows.append(f"{source.get('sentences', 0):,} sentences ({source.get('format', '?')}), {source.get('models', '')}.")
+    return "\n".join(rows)
+
+
+RENDERERS = {
+    "learning_curve": learning_curve,
+    "explain": explain,
+    "int8": int8,
+    "speed": speed,
+    "batch": batch,
+    "batch_static": batch,
+}
 
 
 def table(name: str) -> str:
