@@ -186,19 +186,21 @@ def _touch(table, term_cps, hashes, n, sink):
 
 
 @njit(cache=True, nogil=True)
-def _count_row(ids, n, counts, out_indices, out_counts, count):
-    """Append ``ids[:n]``'s distinct ids and their counts at ``count``; the new ``count``."""
-    first = count
-    for k in range(n):
-        feature = ids[k]
-        if counts[feature] == 0:
-            out_indices[count] = feature
-            count += 1
-        counts[feature] += 1
+def _count(feature, counts, out_indices, count):
+    """One occurrence of ``feature`` in the current row; a first sighting lists it at ``count``. The new ``count``."""
+    if counts[feature] == 0:
+        out_indices[count] = feature
+        count += 1
+    counts[feature] += 1
+    return count
+
+
+@njit(cache=True, nogil=True)
+def _close_row(first, count, counts, out_indices, out_counts):
+    """The row listed at ``first:count`` takes its counts; the counters go back to zero for the next row."""
     for k in range(first, count):
         out_counts[k] = counts[out_indices[k]]
         counts[out_indices[k]] = 0
-    return count
 
 
 @njit(cache=True, nogil=True)
@@ -214,7 +216,6 @@ def _word_counts(cps, starts, classes, min_n, max_n, table, term_cps, n_features
     token_starts = np.empty(len(cps) // 2 + 2, dtype=np.int64)
     token_ends = np.empty(len(cps) // 2 + 2, dtype=np.int64)
     token_hashes = np.empty(len(cps) // 2 + 2, dtype=np.uint64)
-    row = np.empty(64, dtype=np.int32)
     grams = np.empty(64, dtype=np.uint64)
     sink = np.zeros(1, dtype=np.uint64)
     scratch = np.empty(64, dtype=np.uint32)
@@ -236,8 +237,7 @@ def _word_counts(cps, starts, classes, min_n, max_n, table, term_cps, n_features
                 i = j
             else:
                 i += 1
-        if n_tokens * span > len(row):
-            row = np.empty(2 * n_tokens * span, dtype=np.int32)
+        if n_tokens * span > len(grams):
             grams = np.empty(2 * n_tokens * span, dtype=np.uint64)
         # every n-gram's hash first, then one pass over their slots, then the lookups
         n_grams = 0
@@ -251,7 +251,7 @@ def _word_counts(cps, starts, classes, min_n, max_n, table, term_cps, n_features
                 grams[n_grams] = _mix(h)
                 n_grams += 1
         _touch(table, term_cps, grams, n_grams, sink)
-        found = 0
+        first_in_row = count
         g = 0
         for n in range(min_n, max_n + 1):
             for first in range(n_tokens - n + 1):
@@ -276,9 +276,8 @@ def _word_counts(cps, starts, classes, min_n, max_n, table, term_cps, n_features
                             position += 1
                     term = _find(table, term_cps, h, scratch, 0, length)
                 if term != EMPTY:
-                    row[found] = term
-                    found += 1
-        count = _count_row(row, found, counts, out_indices, out_counts, count)
+                    count = _count(term, counts, out_indices, count)
+        _close_row(first_in_row, count, counts, out_indices, out_counts)
         indptr[doc + 1] = count
     return indptr, out_indices[:count], out_counts[:count]
 
@@ -415,14 +414,8 @@ def _char_wb_counts(cps, starts, classes, min_n, max_n, table, term_cps, n_featu
         for w in range(doc_words[doc], doc_words[doc + 1]):
             first = first_of[w]
             for k in range(ids_start[first], ids_end[first]):
-                feature = word_ids[k]
-                if counts[feature] == 0:
-                    out_indices[count] = feature
-                    count += 1
-                counts[feature] += 1
-        for k in range(first_in_row, count):
-            out_counts[k] = counts[out_indices[k]]
-            counts[out_indices[k]] = 0
+                count = _count(word_ids[k], counts, out_indices, count)
+        _close_row(first_in_row, count, counts, out_indices, out_counts)
         indptr[doc + 1] = count
     return indptr, out_indices[:count], out_counts[:count]
 
