@@ -68,11 +68,16 @@ def learning_curve(results: dict) -> str:
 
 
 def goals(results: dict) -> str:
-    """A bench's own goal check: one row per goal."""
-    rows = ["| goal | target | measured | met |", "|---|---|---|---|"]
+    """A bench's own goal check: one row per goal (with a "before" column where the goals record one)."""
+    before = any("before" in goal for goal in results["goals"].values())
+    rows = ["| goal |" + (" before |" if before else "") + " target | measured | met |"]
+    rows.append("|---" * (5 if before else 4) + "|")
     for name, goal in results["goals"].items():
         met = "yes" if goal.get("met") else "**no**"
-        rows.append(f"| {name.replace('_', ' ')} | {goal.get('goal', '')} | {goal.get('measured', '')} | {met} |")
+        earlier = f" {goal.get('before', '')} |" if before else ""
+        rows.append(
+            f"| {name.replace('_', ' ')} |{earlier} {goal.get('goal', '')} | {goal.get('measured', '')} | {met} |"
+        )
     return "\n".join(rows)
 
 
@@ -145,15 +150,6 @@ def int8(results: dict) -> str:
     return "\n".join(rows)
 
 
-def speed(results: dict) -> str:
-    """Issue 25's speed goals (bench/speed.py): before, the goal, one make bench run's figure."""
-    rows = ["| measure | before | goal | measured | met |", "|---|---|---|---|---|"]
-    for name, row in results["goals"].items():
-        met = "yes" if row.get("met") else "**no**"
-        rows.append(f"| {name.replace('_', ' ')} | {row['before']} | {row['goal']} | {row['measured']} | {met} |")
-    return "\n".join(rows)
-
-
 def batch(results: dict) -> str:
     """bench/batch.py: each engine's throughput on the generated input."""
     rows = ["| engine | sentences/s | tagging s | process s | peak RSS MB |", "|---|---|---|---|---|"]
@@ -174,7 +170,6 @@ RENDERERS = {
     "learning_curve": learning_curve,
     "explain": explain,
     "int8": int8,
-    "speed": speed,
     "batch": batch,
     "batch_static": batch,
 }
