@@ -117,3 +117,17 @@ def test_settings_it_cannot_reproduce_are_left_to_sklearn(options):
     vectorizer = TfidfVectorizer(**options).fit(CORPUS[:50])
     assert not compilable(vectorizer)
     assert NgramAnalyzer.from_vectorizer(vectorizer) is None
+
+
+def test_threads_scoring_at_once_count_as_one_does():
+    """The analyzer is shared by a service's threads: new code points are classified under a lock, while
+    other threads read the table; each batch's counts stay sklearn's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [random_texts(200, seed=100 + i) + CORPUS[i * 50 : i * 50 + 50] for i in range(8)]
+    reference = CountVectorizer(analyzer="char_wb", ngram_range=(2, 4)).fit(sum(batches, []))
+    compiled = NgramAnalyzer.from_vectorizer(reference)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda texts: counted(compiled, texts), batches))
+    for texts, X in zip(batches, results, strict=True):
+        assert (X != reference.transform(texts)).nnz == 0
